@@ -1,5 +1,31 @@
-"""metareid: memory-based multi-source meta-learning (M3L) for generalizable person ReID."""
+"""metareid: memory-based multi-source meta-learning (M3L) for generalizable person ReID.
+
+The five building blocks of the method:
+
+* :class:`MetaBN` (Eq. 5-7) and :func:`metabn_phase`,
+* :class:`MemoryBank` (Eq. 2),
+* :class:`MemoryIDLoss` (Eq. 3),
+* :class:`HardTripletLoss` (Eq. 4),
+* :class:`MetaLearner` (Algorithm 1).
+
+Pure-function twins live in :mod:`metareid.functional`.
+"""
+
+from metareid.layers.metabn import MetaBN, metabn_phase
+from metareid.losses.memory_id import MemoryIDLoss
+from metareid.losses.triplet import HardTripletLoss
+from metareid.memory.bank import MemoryBank
+from metareid.meta.learner import MetaLearner, MetaStepResult
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "HardTripletLoss",
+    "MemoryBank",
+    "MemoryIDLoss",
+    "MetaBN",
+    "MetaLearner",
+    "MetaStepResult",
+    "__version__",
+    "metabn_phase",
+]

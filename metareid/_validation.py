@@ -1,0 +1,168 @@
+"""Private argument checks shared by metareid's building blocks.
+
+Every helper raises ``TypeError`` or ``ValueError`` with a message that names the offending
+argument, the value it received and what was expected. None of them mutates anything, so a
+caller that runs all its checks before touching its state leaves that state unchanged when a
+check fails.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_choice",
+    "check_features",
+    "check_finite",
+    "check_labels",
+    "check_memory",
+    "check_positive_finite",
+    "check_positive_int",
+    "check_unit_interval",
+    "format_ids",
+]
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return repr(value)
+
+
+def check_choice(name: str, value: object, choices: Collection[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, raise otherwise."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {sorted(choices)}, got {_describe(value)}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an int >= 1 (bool excluded), raise otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 1, got {_describe(value)}")
+    if value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value}")
+    return value
+
+
+def _check_real(name: str, value: object, expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be {expected}, got {_describe(value)}")
+    return float(value)
+
+
+def check_unit_interval(name: str, value: object) -> float:
+    """Return ``value`` as a float if it lies in [0, 1], raise otherwise."""
+    expected = "a real number in [0, 1]"
+    number = _check_real(name, value, expected)
+    if not 0.0 <= number <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return number
+
+
+def check_positive_finite(name: str, value: object) -> float:
+    """Return ``value`` as a float if it is finite and > 0, raise otherwise."""
+    expected = "a finite real number > 0"
+    number = _check_real(name, value, expected)
+    if not (math.isfinite(number) and number > 0.0):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return number
+
+
+def check_features(name: str, value: object, dim: int | None = None) -> Tensor:
+    """Check that ``value`` is a non-empty floating-point tensor of shape (B, D).
+
+    Args:
+        name: argument name used in error messages.
+        value: the object to check.
+        dim: the required feature dimension D, or ``None`` to accept any.
+
+    Returns:
+        ``value``, unchanged.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, D), got {_describe(value)}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    expected = "(B, D)" if dim is None else f"(B, {dim})"
+    if value.dim() != 2 or (dim is not None and value.shape[1] != dim):
+        raise ValueError(f"{name} must have shape {expected}, got shape {tuple(value.shape)}")
+    if value.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one sample, got shape {tuple(value.shape)}")
+    return value
+
+
+def check_memory(name: str, value: object) -> Tensor:
+    """Check that ``value`` is a floating-point tensor of shape (C, D) with C, D >= 1."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (C, D), got {_describe(value)}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    if value.dim() != 2 or value.numel() == 0:
+        raise ValueError(
+            f"{name} must have shape (C, D) with C, D >= 1, got shape {tuple(value.shape)}"
+        )
+    return value
+
+
+def check_labels(
+    name: str, value: object, batch_size: int | None, num_classes: int | None = None
+) -> Tensor:
+    """Check that ``value`` is an integer tensor of shape (B,) with values in [0, num_classes).
+
+    Args:
+        name: argument name used in error messages.
+        value: the object to check.
+        batch_size: the required length B (the batch size of the matching features), or
+            ``None`` to accept any length.
+        num_classes: the exclusive upper bound of the labels, or ``None`` to accept any
+            integer (negative values included).
+
+    Returns:
+        ``value``, unchanged.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B,), got {_describe(value)}")
+    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (e.g. torch.long), got {value.dtype}")
+    if value.dim() != 1 and batch_size is None:
+        raise ValueError(f"{name} must have shape (B,), got shape {tuple(value.shape)}")
+    if value.dim() != 1 or (batch_size is not None and value.shape[0] != batch_size):
+        raise ValueError(
+            f"{name} must have shape ({batch_size},) to match the batch size of the features, "
+            f"got shape {tuple(value.shape)}"
+        )
+    if num_classes is not None and value.numel() > 0:
+        out_of_range = (value < 0) | (value >= num_classes)
+        if bool(out_of_range.any()):
+            bad = torch.unique(value[out_of_range]).tolist()
+            raise ValueError(
+                f"{name} must lie in [0, {num_classes}), got out-of-range values {format_ids(bad)}"
+            )
+    return value
+
+
+def check_finite(name: str, value: Tensor) -> Tensor:
+    """Raise ``ValueError`` if ``value`` holds NaN or infinite entries."""
+    finite = torch.isfinite(value)
+    if not bool(finite.all()):
+        count = int((~finite).sum())
+        raise ValueError(
+            f"{name} must be finite, got {count} NaN or infinite entries "
+            f"in a tensor of shape {tuple(value.shape)}"
+        )
+    return value
+
+
+def format_ids(ids: list[int], limit: int = 20) -> str:
+    """Format a list of ids for an error message, truncated after ``limit`` entries."""
+    if len(ids) <= limit:
+        return str(ids)
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return f"[{shown}, ...] ({len(ids)} in total)"

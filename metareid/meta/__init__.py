@@ -1,0 +1,5 @@
+"""Meta-learning: the M3L meta step (Algorithm 1)."""
+
+from metareid.meta.learner import LossFn, MetaLearner, MetaStepResult
+
+__all__ = ["LossFn", "MetaLearner", "MetaStepResult"]

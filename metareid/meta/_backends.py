@@ -1,0 +1,239 @@
+"""Inner step and meta-test forward of :class:`metareid.MetaLearner`, per backend.
+
+Two backends compute the same thing:
+
+* ``higher``: the inner step with ``higher.optim.DifferentiableAdam``/``DifferentiableSGD``
+  and the meta-test on a ``higher``-patched copy of the model. Its pitfalls are handled
+  here: eps is rescaled to ``torch.optim.Adam``'s placement, the state handed to it is a
+  stand-in (fresh) or the outer state (which ``higher`` copies, never modifies), the
+  stand-in's parameter list is not deep-copied, buffers of the patched copy are clones
+  (so the meta-test never moves the original running statistics), and the first-order
+  path is reconnected by the caller.
+* ``func``: the inner step with :mod:`metareid.functional.optim` and the meta-test on the
+  model itself, re-parametrised with ``torch.func.functional_call``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import higher
+import torch
+from torch import Tensor, nn
+
+from metareid.functional.optim import adam_step, sgd_step
+from metareid.layers.metabn import metabn_phase
+
+InnerStep = tuple[tuple[Tensor | None, ...], list[Tensor]]
+
+
+@dataclass
+class InnerParam:
+    """One parameter that the inner step updates, with its effective hyper-parameters."""
+
+    index: int  # position in the list of trainable model parameters
+    lr: float
+    weight_decay: float
+    eps: float
+    betas: tuple[float, float]
+    state: dict[str, Any] = field(default_factory=dict)  # outer Adam state, if continued
+
+    @property
+    def step(self) -> float:
+        s = self.state.get("step", 0)
+        return float(s.item()) if isinstance(s, Tensor) else float(s)
+
+
+# ---------------------------------------------------------------------------- func
+def func_inner_step(
+    loss: Tensor,
+    params: list[Tensor],
+    inner: list[InnerParam],
+    optimizer: str,
+    first_order: bool,
+) -> InnerStep:
+    """Gradient of ``loss`` and ``Theta'`` with :mod:`metareid.functional.optim`."""
+    grads = torch.autograd.grad(loss, params, create_graph=not first_order, allow_unused=True)
+    base = [p.detach() for p in params] if first_order else params
+    fast = list(base)
+    sel = [ip for ip in inner if grads[ip.index] is not None]
+    ps = [base[ip.index] for ip in sel]
+    gs = [grads[ip.index] for ip in sel]
+    if optimizer == "sgd":
+        new = sgd_step(
+            ps, gs, lr=[ip.lr for ip in sel], weight_decay=[ip.weight_decay for ip in sel]
+        )
+    else:
+        new = list(ps)
+        for betas in dict.fromkeys(ip.betas for ip in sel):  # adam_step takes one betas pair
+            idx = [k for k, ip in enumerate(sel) if ip.betas == betas]
+            stepped = adam_step(
+                [ps[k] for k in idx],
+                [gs[k] for k in idx],
+                lr=[sel[k].lr for k in idx],
+                betas=betas,
+                eps=[sel[k].eps for k in idx],
+                weight_decay=[sel[k].weight_decay for k in idx],
+                exp_avgs=[_detached(sel[k].state.get("exp_avg")) for k in idx],
+                exp_avg_sqs=[_detached(sel[k].state.get("exp_avg_sq")) for k in idx],
+                steps=[sel[k].step for k in idx],
+            )
+            for k, t in zip(idx, stepped, strict=True):
+                new[k] = t
+    for ip, t in zip(sel, new, strict=True):
+        fast[ip.index] = t
+    if first_order:  # unchanged entries are the original parameters, not detached copies
+        fast = [p if f is b else f for f, b, p in zip(fast, base, params, strict=True)]
+    return grads, fast
+
+
+class _LossCall(nn.Module):
+    """Runs ``loss_fn(model, ...)`` as a module call, so functional_call can swap weights."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[..., Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any, domain: int, phase: str) -> Tensor:
+        return self.loss_fn(self.model, batch, domain, phase)
+
+
+def func_meta_test(
+    model: nn.Module,
+    params: list[Tensor],
+    fast: list[Tensor],
+    loss_fn: Callable[..., Tensor],
+    batch: Any,
+    domain: int,
+) -> Tensor:
+    """``L_mte`` with ``model`` re-parametrised at ``Theta'`` and cloned buffers."""
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    state: dict[str, Tensor] = {}
+    for p, f in zip(params, fast, strict=True):
+        if f is not p:
+            state["model." + name_of[id(p)]] = f
+    for name, b in model.named_buffers():
+        state["model." + name] = b.clone()  # running stats of the copy absorb the update
+    call = _LossCall(model, loss_fn)
+    with metabn_phase(model, "meta_test"):
+        out: Tensor = torch.func.functional_call(
+            call, state, (batch, domain, "meta_test"), tie_weights=True, strict=False
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------- higher
+class _NoDeepCopyList(list[Tensor]):
+    """A parameter list that ``copy.deepcopy`` copies shallowly.
+
+    ``higher`` deep-copies the param groups it is given; deep-copying the parameters would
+    copy every weight of the model at every step for nothing.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Tensor]:
+        return list(self)
+
+
+@dataclass
+class _OptimizerView:
+    """The two attributes ``higher``'s differentiable optimisers read from an optimiser."""
+
+    param_groups: list[dict[str, Any]]
+    state: dict[Tensor, dict[str, Any]]
+
+
+def higher_inner_step(
+    loss: Tensor,
+    params: list[Tensor],
+    inner: list[InnerParam],
+    optimizer: str,
+    first_order: bool,
+) -> InnerStep:
+    """Gradient of ``loss`` and ``Theta'`` with ``higher``'s differentiable optimisers.
+
+    One param group per parameter, so that each gets its own eps correction: ``higher``
+    computes ``lr * sqrt(bc2) / bc1 * m / (sqrt(v) + eps)`` while ``torch.optim.Adam``
+    computes ``lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)``; both agree when ``higher``
+    is given ``eps * sqrt(bc2)`` with ``bc2 = 1 - beta2 ** (step + 1)``.
+    """
+    by_index = {ip.index: ip for ip in inner}
+    groups: list[dict[str, Any]] = []
+    state: dict[Tensor, dict[str, Any]] = {}
+    for i, p in enumerate(params):
+        ip = by_index.get(i)
+        group: dict[str, Any] = {"params": _NoDeepCopyList([p])}
+        if optimizer == "sgd":
+            group.update(
+                lr=ip.lr if ip else 0.0,
+                weight_decay=ip.weight_decay if ip else 0.0,
+                momentum=0.0,
+                dampening=0.0,
+                nesterov=False,
+            )
+        else:
+            betas = ip.betas if ip else (0.9, 0.999)
+            step = ip.step if ip else 0.0
+            eps = ip.eps if ip else 1e-8
+            group.update(
+                lr=ip.lr if ip else 0.0,
+                betas=betas,
+                eps=eps * math.sqrt(1.0 - betas[1] ** (step + 1)),
+                weight_decay=ip.weight_decay if ip else 0.0,
+                amsgrad=False,
+            )
+            if ip is not None and ip.state:
+                moments: dict[str, Any] = {
+                    k: ip.state[k].detach() for k in ("exp_avg", "exp_avg_sq") if k in ip.state
+                }
+                if len(moments) == 2:
+                    state[p] = {"step": step, **moments}  # higher copies it
+        groups.append(group)
+    view = _OptimizerView(groups, state)
+    cls = higher.optim.DifferentiableSGD if optimizer == "sgd" else higher.optim.DifferentiableAdam
+    diffopt = cls(view, params, track_higher_grads=not first_order)
+
+    captured: list[tuple[Tensor | None, ...]] = []
+
+    def keep_inner(grads: Sequence[Tensor | None]) -> list[Tensor | None]:
+        captured.append(tuple(grads))
+        # Trainable parameters the optimizer does not track are not moved.
+        return [g if i in by_index else None for i, g in enumerate(grads)]
+
+    new = diffopt.step(loss, params=params, grad_callback=keep_inner)
+    fast = list(new)
+    if first_order:  # higher returns detached leaves; unchanged ones become the originals
+        fast = [
+            p if i not in by_index or captured[0][i] is None else f
+            for i, (f, p) in enumerate(zip(fast, params, strict=True))
+        ]
+    return captured[0], fast
+
+
+def higher_meta_test(
+    model: nn.Module,
+    params: list[Tensor],
+    fast: list[Tensor],
+    loss_fn: Callable[..., Tensor],
+    batch: Any,
+    domain: int,
+) -> Tensor:
+    """``L_mte`` on a ``higher``-patched copy of ``model`` holding ``Theta'``."""
+    fast_of = {id(p): f for p, f in zip(params, fast, strict=True)}
+    all_fast = [fast_of.get(id(p), p) for p in model.parameters()]
+
+    def encapsulate(fmodel: Any, module: nn.Module) -> None:
+        higher.patch.buffer_sync(module, fmodel)  # clones: the original stats stay put
+        fmodel.update_params(all_fast)
+
+    fmodel = higher.patch.make_functional(model, encapsulator=encapsulate)
+    with metabn_phase(fmodel, "meta_test"):
+        out: Tensor = loss_fn(fmodel, batch, domain, "meta_test")
+    return out
+
+
+def _detached(value: Any) -> Tensor | None:
+    return value.detach() if isinstance(value, Tensor) else None

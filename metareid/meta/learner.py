@@ -1,0 +1,437 @@
+"""The meta step of M3L (Algorithm 1) for any ``nn.Module``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from metareid.layers.metabn import MetaBN, metabn_phase
+from metareid.meta import _backends
+
+__all__ = ["LossFn", "MetaLearner", "MetaStepResult"]
+
+Phase = Literal["meta_train", "meta_test"]
+LossFn = Callable[[nn.Module, Any, int, str], Tensor]
+"""``loss_fn(model, batch, domain, phase) -> scalar Tensor``."""
+
+_INNER_OPTIMIZERS = ("adam", "sgd")
+_INNER_STATES = ("fresh", "continue")
+_BACKENDS = ("higher", "func")
+
+
+@dataclass(frozen=True)
+class MetaStepResult:
+    """What one meta step did.
+
+    Attributes:
+        meta_train_loss: ``L_mtr``, the mean meta-train loss at ``Theta`` (Eq. 9).
+        meta_test_loss: ``L_mte``, the meta-test loss at ``Theta'`` (Eq. 10).
+        meta_test_domain: Index of the domain used as meta-test.
+        meta_train_domains: Indices of the meta-train domains, in the order they ran.
+    """
+
+    meta_train_loss: float
+    meta_test_loss: float
+    meta_test_domain: int
+    meta_train_domains: tuple[int, ...]
+
+
+class MetaLearner:
+    """Memory-based multi-source meta-learning step (M3L, Algorithm 1) for any model.
+
+    Each call to :meth:`meta_backward` (or :meth:`step`) does one iteration of
+    Algorithm 1 on one mini-batch per source domain:
+
+    1. Pick the meta-test domain ``t`` (``meta_test`` or drawn uniformly from
+       ``generator``); the other domains are meta-train, in index order.
+    2. **Meta-train** (lines 4-6): ``L_mtr`` = mean over meta-train domains ``d`` of
+       ``loss_fn(model, batches[d], d, "meta_train")`` (Eq. 9), computed on ``model``
+       itself with every :class:`~metareid.MetaBN` in phase ``"meta_train"`` (their
+       statistics are cleared first, so they record this iteration's meta-train domains
+       in order).
+    3. **Inner step** (lines 7-8): ``Theta' = inner_optimizer(Theta, grad L_mtr)``, one
+       differentiable step. ``"adam"`` equals ``torch.optim.Adam.step()`` on the same
+       gradient (lr, betas, eps, coupled weight decay); ``"sgd"`` is
+       ``Theta - lr * (g + weight_decay * Theta)``.
+    4. **Meta-test** (lines 9-12): ``L_mte = loss_fn(model', batches[t], t, "meta_test")``
+       where ``model'`` is the model at ``Theta'`` with every MetaBN in phase
+       ``"meta_test"`` (Eq. 5-7, 10).
+    5. **Meta optimisation** (lines 13-15): ``.grad`` of every trainable model parameter
+       receives ``d/dTheta [L_mtr(Theta) + L_mte(Theta'(Theta))]``, second order through
+       the inner step. :meth:`step` then calls ``optimizer.step()`` (line 16).
+
+    The inner step takes its hyper-parameters from ``optimizer``'s parameter groups at
+    every call, so learning-rate warm-up and decay carry over to ``alpha`` as in the
+    published code; ``inner_lr``/``inner_weight_decay``/``inner_eps`` override them.
+
+    Model state:
+        * BatchNorm running statistics of ``model`` are updated by the meta-train forwards
+          exactly as a plain training step on those batches would update them; the
+          meta-test forward at ``Theta'`` runs on copies of the buffers and changes
+          nothing. The model's train/eval mode is respected (in eval mode BatchNorm and
+          MetaBN use running statistics and MetaBN does not mix).
+        * Only parameters with ``requires_grad=True`` receive gradients. Parameters that
+          the optimizer tracks are updated in the inner step; a parameter that ``L_mtr``
+          does not use keeps its value in ``Theta'`` (as ``torch.optim.Adam`` skips
+          parameters without gradient). Trainable parameters that the optimizer does not
+          track are not moved by the inner step but still receive the outer gradient.
+        * If ``loss_fn`` raises, the model's buffers are restored and no ``.grad`` is
+          changed.
+
+    Backends:
+        ``"higher"`` (default) runs the meta-test on a ``higher`` monkey-patched copy of
+        the model and the inner step with ``higher``'s differentiable optimisers, with
+        their pitfalls corrected (eps placement, copied state, cloned buffers, first-order
+        path). ``"func"`` runs the meta-test on the model itself, re-parametrised with
+        ``torch.func.functional_call``, and the inner step with
+        :func:`metareid.functional.adam_step`/``sgd_step``. Both give the same gradients.
+        Prefer ``"func"`` when ``loss_fn`` needs the model object itself in the meta-test
+        (attributes set after construction, hooks, ``model is my_model`` checks) or when
+        building a patched copy every step is noticeable; ``"higher"`` when your code
+        already works with ``higher``'s patched modules.
+
+    Args:
+        model: The network ``F`` with parameters ``Theta``.
+        optimizer: The outer optimiser (Adam in the paper); its parameters must belong to
+            ``model``.
+        inner_lr: ``alpha``. ``None`` (default) uses each parameter group's current
+            ``lr``.
+        inner_optimizer: ``"adam"`` (default, the paper) or ``"sgd"``.
+        inner_state: ``"fresh"`` (default, the published code): zero Adam moments every
+            step, so the first inner step is about ``alpha * sign(g)``. ``"continue"``:
+            start from a copy of the outer Adam's moments and step count (the outer state
+            is never modified).
+        inner_weight_decay: Coupled L2 weight decay of the inner step. ``None`` (default)
+            uses each group's ``weight_decay`` (5e-4 in the paper).
+        inner_eps: Adam's eps for the inner step. ``None`` (default) uses each group's
+            ``eps`` (1e-8 by default).
+        first_order: If ``True``, the inner update is treated as a constant:
+            ``dTheta'/dTheta = I``, so the meta-test gradient is evaluated at ``Theta'``
+            and added unchanged. Costs no more network passes than a plain step.
+        backend: ``"higher"`` (default) or ``"func"``.
+        generator: Random generator used to draw the meta-test domain.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from metareid import MetaLearner
+        >>> model = nn.Sequential(nn.Linear(4, 3))
+        >>> opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        >>> def loss_fn(model, batch, domain, phase):
+        ...     x, y = batch
+        ...     return nn.functional.cross_entropy(model(x), y)
+        >>> batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(3)]
+        >>> learner = MetaLearner(model, opt, generator=torch.Generator().manual_seed(0))
+        >>> result = learner.step(batches, loss_fn)
+        >>> result.meta_test_domain in (0, 1, 2)
+        True
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        inner_lr: float | None = None,
+        inner_optimizer: Literal["adam", "sgd"] = "adam",
+        inner_state: Literal["fresh", "continue"] = "fresh",
+        inner_weight_decay: float | None = None,
+        inner_eps: float | None = None,
+        first_order: bool = False,
+        backend: Literal["higher", "func"] = "higher",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        _check_optional_number("inner_lr", inner_lr, minimum=0.0)
+        _check_optional_number("inner_weight_decay", inner_weight_decay, minimum=0.0)
+        _check_optional_number("inner_eps", inner_eps, minimum=0.0, strict=True)
+        _check_choice("inner_optimizer", inner_optimizer, _INNER_OPTIMIZERS)
+        _check_choice("inner_state", inner_state, _INNER_STATES)
+        _check_choice("backend", backend, _BACKENDS)
+        if not isinstance(first_order, bool):
+            raise TypeError(f"first_order must be a bool, got {first_order!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+            )
+        if inner_state == "continue":
+            if inner_optimizer != "adam":
+                raise ValueError(
+                    "inner_state='continue' continues the outer Adam moments and needs "
+                    f"inner_optimizer='adam', got inner_optimizer={inner_optimizer!r}"
+                )
+            for i, group in enumerate(optimizer.param_groups):
+                if "betas" not in group:
+                    raise ValueError(
+                        "inner_state='continue' needs an Adam-family outer optimizer with "
+                        f"'betas'; param group {i} of {type(optimizer).__name__} has none"
+                    )
+                if group.get("amsgrad", False):
+                    raise ValueError(
+                        "inner_state='continue' does not support amsgrad=True "
+                        f"(param group {i}); use inner_state='fresh'"
+                    )
+        model_params = {id(p) for p in model.parameters()}
+        for i, group in enumerate(optimizer.param_groups):
+            for p in group["params"]:
+                if id(p) not in model_params:
+                    raise ValueError(
+                        f"optimizer param group {i} holds a parameter of shape "
+                        f"{tuple(p.shape)} that is not a parameter of model; the meta-test "
+                        "runs the model at Theta', so every optimised parameter (classifiers "
+                        "included) must live inside model"
+                    )
+        self.model = model
+        self.optimizer = optimizer
+        self.inner_lr = inner_lr
+        self.inner_optimizer = inner_optimizer
+        self.inner_state = inner_state
+        self.inner_weight_decay = inner_weight_decay
+        self.inner_eps = inner_eps
+        self.first_order = first_order
+        self.backend = backend
+        self.generator = generator
+
+    # ------------------------------------------------------------------ public API
+    def step(
+        self, batches: Sequence[Any], loss_fn: LossFn, meta_test: int | None = None
+    ) -> MetaStepResult:
+        """One full meta-iteration: ``zero_grad``, :meth:`meta_backward`, ``optimizer.step``.
+
+        Args:
+            batches: One mini-batch per source domain (any object ``loss_fn`` understands),
+                at least two.
+            loss_fn: ``loss_fn(model, batch, domain, phase) -> scalar Tensor`` with
+                ``phase`` in ``{"meta_train", "meta_test"}``.
+            meta_test: Index of the meta-test domain; ``None`` draws one uniformly.
+
+        Returns:
+            The losses and the domain split of this step.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> model = nn.Linear(2, 1)
+            >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            >>> loss = lambda m, b, d, phase: m(b).pow(2).mean()
+            >>> res = MetaLearner(model, opt).step([torch.ones(4, 2)] * 2, loss, meta_test=1)
+            >>> res.meta_train_domains, res.meta_test_domain
+            ((0,), 1)
+        """
+        self._check_batches(batches, meta_test)  # before zero_grad: bad input changes nothing
+        self.optimizer.zero_grad(set_to_none=True)
+        result = self.meta_backward(batches, loss_fn, meta_test)
+        self.optimizer.step()
+        return result
+
+    def meta_backward(
+        self, batches: Sequence[Any], loss_fn: LossFn, meta_test: int | None = None
+    ) -> MetaStepResult:
+        """Accumulate the meta-gradient into ``.grad`` without an optimiser step.
+
+        Gradients are added to existing ``.grad`` values, as ``Tensor.backward`` does.
+
+        Args:
+            batches: One mini-batch per source domain, at least two.
+            loss_fn: ``loss_fn(model, batch, domain, phase) -> scalar Tensor``.
+            meta_test: Index of the meta-test domain; ``None`` draws one uniformly.
+
+        Returns:
+            The losses and the domain split of this step.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> model = nn.Linear(2, 1)
+            >>> opt = torch.optim.Adam(model.parameters(), lr=0.1)
+            >>> loss = lambda m, b, d, phase: m(b).pow(2).mean()
+            >>> _ = MetaLearner(model, opt).meta_backward([torch.ones(4, 2)] * 3, loss, 0)
+            >>> model.weight.grad.shape
+            torch.Size([1, 2])
+        """
+        self._check_batches(batches, meta_test)
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        num_domains = len(batches)
+        if meta_test is None:
+            meta_test = int(torch.randint(num_domains, (1,), generator=self.generator).item())
+        train_domains = tuple(d for d in range(num_domains) if d != meta_test)
+
+        model = self.model
+        buffers_before = [b.detach().clone() for b in model.buffers()]
+        try:
+            return self._meta_backward(batches, loss_fn, meta_test, train_domains)
+        except BaseException:
+            with torch.no_grad():
+                for b, saved in zip(model.buffers(), buffers_before, strict=True):
+                    b.copy_(saved)
+            raise
+
+    # ------------------------------------------------------------------ internals
+    def _meta_backward(
+        self,
+        batches: Sequence[Any],
+        loss_fn: LossFn,
+        meta_test: int,
+        train_domains: tuple[int, ...],
+    ) -> MetaStepResult:
+        model = self.model
+        for module in model.modules():
+            if isinstance(module, MetaBN):
+                module.clear_stats()
+        params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("model has no parameter with requires_grad=True")
+        inner = self._inner_params(params)
+
+        # Meta-train on the model itself: running statistics move as in a plain step.
+        with metabn_phase(model, "meta_train"):
+            train_losses = [
+                _check_loss(loss_fn(model, batches[d], d, "meta_train"), d, "meta_train")
+                for d in train_domains
+            ]
+        loss_mtr = torch.stack(train_losses).mean()
+
+        inner_step = (
+            _backends.higher_inner_step if self.backend == "higher" else _backends.func_inner_step
+        )
+        grads, fast = inner_step(loss_mtr, params, inner, self.inner_optimizer, self.first_order)
+        if self.first_order:
+            # Theta' = Theta + constant: the value of the update, with identity Jacobian.
+            fast = [
+                p if f is p else f.detach() + (p - p.detach())
+                for f, p in zip(fast, params, strict=True)
+            ]
+
+        if self.backend == "higher":
+            loss_mte = _backends.higher_meta_test(
+                model, params, fast, loss_fn, batches[meta_test], meta_test
+            )
+        else:
+            loss_mte = _backends.func_meta_test(
+                model, params, fast, loss_fn, batches[meta_test], meta_test
+            )
+        loss_mte = _check_loss(loss_mte, meta_test, "meta_test")
+
+        # d/dTheta L_mte(Theta'(Theta)) by backprop through the inner step; the
+        # meta-train gradient is already known from the inner step and is added as is.
+        if loss_mte.requires_grad:
+            torch.autograd.backward(loss_mte, inputs=params)
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                if g is None:
+                    continue
+                if p.grad is None:
+                    p.grad = g.detach()
+                else:
+                    p.grad.add_(g.detach())
+        return MetaStepResult(
+            meta_train_loss=float(loss_mtr.detach()),
+            meta_test_loss=float(loss_mte.detach()),
+            meta_test_domain=meta_test,
+            meta_train_domains=train_domains,
+        )
+
+    def _inner_params(self, params: list[Tensor]) -> list[_backends.InnerParam]:
+        """The optimised parameters with the inner step's hyper-parameters, read now."""
+        index = {id(p): i for i, p in enumerate(params)}
+        out: list[_backends.InnerParam] = []
+        seen: set[int] = set()
+        for group in self.optimizer.param_groups:
+            lr = _as_float(group["lr"]) if self.inner_lr is None else self.inner_lr
+            wd = (
+                _as_float(group.get("weight_decay", 0.0))
+                if self.inner_weight_decay is None
+                else self.inner_weight_decay
+            )
+            eps = _as_float(group.get("eps", 1e-8)) if self.inner_eps is None else self.inner_eps
+            betas = tuple(_as_float(b) for b in group.get("betas", (0.9, 0.999)))
+            for p in group["params"]:
+                if id(p) not in index or id(p) in seen:
+                    continue  # frozen, or listed twice
+                seen.add(id(p))
+                state: dict[str, Any] = {}
+                if self.inner_state == "continue":
+                    state = self.optimizer.state.get(p, {})
+                out.append(
+                    _backends.InnerParam(index[id(p)], lr, wd, eps, (betas[0], betas[1]), state)
+                )
+        return out
+
+    def _check_batches(self, batches: Sequence[Any], meta_test: int | None) -> None:
+        if isinstance(batches, str | bytes) or not isinstance(batches, Sequence):
+            raise TypeError(
+                "batches must be a sequence (list or tuple) with one mini-batch per source "
+                f"domain, got {type(batches).__name__}"
+            )
+        if len(batches) < 2:
+            raise ValueError(
+                "batches must hold at least two source domains (one meta-train, one "
+                f"meta-test), got {len(batches)}"
+            )
+        if meta_test is not None:
+            if isinstance(meta_test, bool) or not isinstance(meta_test, int):
+                raise TypeError(f"meta_test must be an int or None, got {meta_test!r}")
+            if not 0 <= meta_test < len(batches):
+                raise ValueError(
+                    f"meta_test must be a domain index in [0, {len(batches)}), got {meta_test}"
+                )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(model={type(self.model).__name__}, "
+            f"optimizer={type(self.optimizer).__name__}, inner_lr={self.inner_lr}, "
+            f"inner_optimizer={self.inner_optimizer!r}, inner_state={self.inner_state!r}, "
+            f"inner_weight_decay={self.inner_weight_decay}, inner_eps={self.inner_eps}, "
+            f"first_order={self.first_order}, backend={self.backend!r})"
+        )
+
+
+def _check_loss(loss: Any, domain: int, phase: str) -> Tensor:
+    if not isinstance(loss, Tensor):
+        raise TypeError(
+            f"loss_fn must return a scalar Tensor; for domain {domain} in phase {phase!r} "
+            f"it returned {type(loss).__name__}"
+        )
+    if loss.numel() != 1 or not loss.is_floating_point():
+        raise ValueError(
+            f"loss_fn must return a floating-point scalar Tensor; for domain {domain} in "
+            f"phase {phase!r} it returned shape {tuple(loss.shape)}, dtype {loss.dtype}"
+        )
+    if phase == "meta_train" and not loss.requires_grad:
+        raise ValueError(
+            f"the loss of domain {domain} in phase 'meta_train' does not require grad: "
+            "it must be computed from the model's output without torch.no_grad or detach"
+        )
+    return loss.reshape(())
+
+
+def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def _check_optional_number(
+    name: str, value: object, *, minimum: float, strict: bool = False
+) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number or None, got {value!r}")
+    bad = (value <= minimum) if strict else (value < minimum)
+    if bad or not math.isfinite(value):
+        op = ">" if strict else ">="
+        raise ValueError(f"{name} must be a finite number {op} {minimum} or None, got {value!r}")
+
+
+def _as_float(value: Any) -> float:
+    return float(value.item()) if isinstance(value, Tensor) else float(value)

@@ -1,0 +1,36 @@
+"""Networks for M3L: ResNet / IBN-Net-a backbones and the ReID model with a MetaBN BNNeck.
+
+* :func:`build_model` builds ``backbone -> pooling -> MetaBN BNNeck`` by name
+  (:func:`list_models`).
+* :class:`ReIDModel` wraps any backbone; in train mode it returns a :class:`ReIDOutput`
+  ``(pooled, features, logits)``, in eval mode the normalised feature tensor.
+* :class:`ResNetBackbone`, :class:`IBN` and the builders :func:`resnet18`,
+  :func:`resnet34`, :func:`resnet50`, :func:`ibn_resnet50a` (torchvision-based, last
+  stride 1 by default, optional pretrained weights).
+"""
+
+from metareid.models.factory import build_model, list_models
+from metareid.models.neck import ReIDModel, ReIDOutput
+from metareid.models.resnet import (
+    IBN,
+    IBN_INITS,
+    ResNetBackbone,
+    ibn_resnet50a,
+    resnet18,
+    resnet34,
+    resnet50,
+)
+
+__all__ = [
+    "IBN",
+    "IBN_INITS",
+    "ReIDModel",
+    "ReIDOutput",
+    "ResNetBackbone",
+    "build_model",
+    "ibn_resnet50a",
+    "list_models",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+]

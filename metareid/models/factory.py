@@ -1,0 +1,114 @@
+"""``build_model``: a backbone by name, wrapped in a :class:`ReIDModel`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from metareid.models.neck import ReIDModel, _check_neck_args
+from metareid.models.resnet import (
+    ResNetBackbone,
+    ibn_resnet50a,
+    resnet18,
+    resnet34,
+    resnet50,
+)
+
+__all__ = ["build_model", "list_models"]
+
+_BACKBONES: dict[str, Callable[..., ResNetBackbone]] = {
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "ibn_resnet50a": ibn_resnet50a,
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`build_model`.
+
+    Example:
+        >>> from metareid.models import list_models
+        >>> list_models()
+        ['ibn_resnet50a', 'resnet18', 'resnet34', 'resnet50']
+    """
+    return sorted(_BACKBONES)
+
+
+def build_model(
+    arch: str,
+    pretrained: bool | str | os.PathLike[str] = False,
+    last_stride: int = 1,
+    *,
+    stem_relu: bool = True,
+    load_running_stats: bool = True,
+    ibn_init: str = "ibn_net",
+    num_classes: int | Sequence[int] | None = None,
+    normalize_neck: bool = True,
+    freeze_neck_bias: bool = True,
+    sample_scale: str = "std",
+    share_lambda: bool = True,
+) -> ReIDModel:
+    """Build ``backbone -> global average pooling -> MetaBN BNNeck`` by backbone name.
+
+    The defaults are the standard ResNet with the ReID conventions (last stride 1, BNNeck
+    with frozen bias, L2-normalised neck output). The published M3L code corresponds to
+    ``build_model(arch, True, 1, stem_relu=False, load_running_stats=False,
+    freeze_neck_bias=False, sample_scale="var")``, with ``ibn_init="resnet"`` for
+    ``"ibn_resnet50a"``.
+
+    Args:
+        arch: ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` or ``"ibn_resnet50a"``.
+        pretrained: ``False`` (default), ``True`` (ImageNet weights: torchvision's
+            ``IMAGENET1K_V1`` for the ResNets, the IBN-Net release for IBN-Net50-a), a URL
+            or a local checkpoint path. See :func:`metareid.models.resnet18`.
+        last_stride: stride of ``layer4``, 1 (default) or 2.
+        stem_relu: ReLU after the stem BN. Default ``True``; the published code has none.
+        load_running_stats: load BN running statistics from ``pretrained``. Default
+            ``True``; the published code does not.
+        ibn_init: for ``"ibn_resnet50a"`` only: ``"ibn_net"`` (default), ``"resnet"`` or
+            ``"resnet_split"``, see :func:`metareid.models.ibn_resnet50a`.
+        num_classes: FC classifiers, see :class:`ReIDModel`. Default ``None``.
+        normalize_neck: L2-normalise the neck output. Default ``True``.
+        freeze_neck_bias: freeze the BNNeck bias. Default ``True``.
+        sample_scale: MetaBN ``sample_scale``, ``"std"`` (default) or ``"var"``.
+        share_lambda: MetaBN ``share_lambda``. Default ``True``.
+
+    Returns:
+        The model; ``feat_dim`` is 512 for ResNet-18/34 and 2048 for the others.
+
+    Raises:
+        TypeError: if ``arch`` is not a string.
+        ValueError: for an unknown ``arch`` (the message lists the known ones), or an
+            ``ibn_init`` other than ``"ibn_net"`` with a non-IBN ``arch``.
+
+    Example:
+        >>> import torch
+        >>> from metareid.models import build_model
+        >>> model = build_model("resnet18", pretrained=False, last_stride=1)
+        >>> out = model(torch.randn(2, 3, 64, 32))
+        >>> out.pooled.shape, out.features.shape
+        (torch.Size([2, 512]), torch.Size([2, 512]))
+    """
+    if not isinstance(arch, str):
+        raise TypeError(f"arch must be a string, one of {list_models()}, got {arch!r}")
+    if arch not in _BACKBONES:
+        raise ValueError(f"unknown arch {arch!r}; known architectures: {list_models()}")
+    _check_neck_args(num_classes, normalize_neck, freeze_neck_bias, sample_scale, share_lambda)
+    kwargs: dict[str, object] = {"stem_relu": stem_relu, "load_running_stats": load_running_stats}
+    if arch == "ibn_resnet50a":
+        kwargs["ibn_init"] = ibn_init
+    elif ibn_init != "ibn_net":
+        raise ValueError(
+            f"ibn_init={ibn_init!r} only applies to arch 'ibn_resnet50a', got arch={arch!r}"
+        )
+    backbone = _BACKBONES[arch](pretrained, last_stride, **kwargs)
+    return ReIDModel(
+        backbone,
+        feat_dim=backbone.out_channels,
+        num_classes=num_classes,
+        normalize_neck=normalize_neck,
+        freeze_neck_bias=freeze_neck_bias,
+        sample_scale=sample_scale,
+        share_lambda=share_lambda,
+    )

@@ -1,0 +1,480 @@
+"""The image record, split statistics and the checks every ReID dataset shares.
+
+A dataset is three lists of :class:`ImageRecord` (``train``, ``query``, ``gallery``). The
+dataset classes only parse their layout; :class:`ReIDDataset` then applies the rules common to
+all of them:
+
+* junk images (person id ``-1``, Market-1501's badly detected boxes) are dropped from every
+  split;
+* distractors (person id ``0`` in Market-1501) stay in the gallery;
+* train ids are relabelled to ``0..n-1`` in increasing order of the original id, which stays
+  available as :attr:`ImageRecord.orig_pid`;
+* optionally (``check_images=True``) every image is decoded once, and an undecodable file
+  raises :class:`BadImageError` naming it, or is dropped with a warning
+  (``on_bad_image="skip"``).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import ClassVar, Literal, NamedTuple
+
+from PIL import Image
+
+from metareid._validation import check_choice
+
+__all__ = [
+    "JUNK_PID",
+    "BadImageError",
+    "ImageRecord",
+    "OnBadImage",
+    "ReIDDataset",
+    "SplitStats",
+    "drop_junk",
+    "load_image",
+    "relabel",
+    "split_stats",
+    "verify_images",
+]
+
+JUNK_PID = -1
+"""Person id of junk images (Market-1501's badly detected boxes); they are always dropped."""
+
+OnBadImage = Literal["raise", "skip"]
+"""What to do with an image that cannot be decoded: raise :class:`BadImageError` or skip it."""
+
+_ON_BAD_IMAGE = ("raise", "skip")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a ReID split.
+
+    Attributes:
+        path: path of the image file.
+        pid: person id used for training and evaluation. In a train split it is the
+            contiguous label ``0..n-1``; in query and gallery splits it is the original id
+            (``0`` marks a distractor).
+        camid: 0-based camera index (Market-1501's ``c1`` is camid 0).
+        domain: index of the source domain the image belongs to. Datasets on their own use
+            0; :class:`~metareid.data.MultiSourceDataset` sets it to the source's position.
+        orig_pid: the person id as written in the file name, list file or meta file.
+
+    Example:
+        >>> record = ImageRecord("0002_c1s1_000451_03.jpg", pid=0, camid=0, domain=0, orig_pid=2)
+        >>> record.pid, record.orig_pid
+        (0, 2)
+    """
+
+    path: str
+    pid: int
+    camid: int
+    domain: int
+    orig_pid: int
+
+
+class SplitStats(NamedTuple):
+    """Counts of one split: identities, images and cameras.
+
+    Example:
+        >>> SplitStats(num_pids=751, num_imgs=12936, num_cams=6).num_imgs
+        12936
+    """
+
+    num_pids: int
+    num_imgs: int
+    num_cams: int
+
+
+class BadImageError(OSError):
+    """An image file that cannot be opened or decoded.
+
+    The message names the file; :attr:`path` holds it too. The constructor also accepts the
+    message alone, so the error survives the trip from a ``DataLoader`` worker process.
+
+    Example:
+        >>> err = BadImageError("cannot decode image file 'x.jpg': truncated", path="x.jpg")
+        >>> err.path
+        'x.jpg'
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def split_stats(records: Sequence[ImageRecord]) -> SplitStats:
+    """Count the identities, images and cameras of a split.
+
+    Distractors (pid 0) count as one identity, as in the usual Market-1501 tables.
+
+    Args:
+        records: the split.
+
+    Returns:
+        The counts.
+
+    Example:
+        >>> recs = [ImageRecord("a.jpg", 0, 0, 0, 5), ImageRecord("b.jpg", 0, 2, 0, 5)]
+        >>> split_stats(recs)
+        SplitStats(num_pids=1, num_imgs=2, num_cams=2)
+    """
+    return SplitStats(
+        num_pids=len({r.pid for r in records}),
+        num_imgs=len(records),
+        num_cams=len({r.camid for r in records}),
+    )
+
+
+def drop_junk(records: Iterable[ImageRecord]) -> list[ImageRecord]:
+    """Remove the junk images (original person id ``-1``).
+
+    Args:
+        records: any split.
+
+    Returns:
+        The records whose ``orig_pid`` is not :data:`JUNK_PID`, in the same order.
+
+    Example:
+        >>> recs = [ImageRecord("a.jpg", -1, 0, 0, -1), ImageRecord("b.jpg", 0, 1, 0, 0)]
+        >>> [r.path for r in drop_junk(recs)]
+        ['b.jpg']
+    """
+    return [r for r in records if r.orig_pid != JUNK_PID]
+
+
+def relabel(records: Sequence[ImageRecord]) -> list[ImageRecord]:
+    """Map the person ids of a split to ``0..n-1`` in increasing order of the original id.
+
+    ``orig_pid`` is left as it is, so the original id stays available.
+
+    Args:
+        records: a split; their ``pid`` values are what gets relabelled.
+
+    Returns:
+        New records with contiguous ``pid``, in the same order.
+
+    Example:
+        >>> recs = [ImageRecord(f"{p}.jpg", p, 0, 0, p) for p in (7, 3, 7)]
+        >>> [(r.pid, r.orig_pid) for r in relabel(recs)]
+        [(1, 7), (0, 3), (1, 7)]
+    """
+    mapping = {pid: label for label, pid in enumerate(sorted({r.pid for r in records}))}
+    return [replace(r, pid=mapping[r.pid]) for r in records]
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image as RGB.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        The decoded RGB image.
+
+    Raises:
+        BadImageError: the file is missing or cannot be decoded; the message names it.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     Image.new("L", (2, 4)).save(Path(tmp) / "a.png")
+        ...     load_image(Path(tmp) / "a.png").size
+        (2, 4)
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise BadImageError(f"cannot decode image file '{path}': {err}", path=str(path)) from err
+
+
+def verify_images(
+    records: Sequence[ImageRecord], on_bad_image: OnBadImage = "raise"
+) -> list[ImageRecord]:
+    """Decode every image of ``records`` once and deal with the ones that fail.
+
+    Args:
+        records: the records to check.
+        on_bad_image: ``"raise"`` (default) raises :class:`BadImageError` naming the first
+            bad file; ``"skip"`` drops the bad files and warns once, naming them.
+
+    Returns:
+        The records whose image decodes, in the same order.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     bad = Path(tmp) / "0001_c1s1_000001_01.jpg"
+        ...     _ = bad.write_bytes(b"not a jpeg")
+        ...     recs = [ImageRecord(str(bad), 1, 0, 0, 1)]
+        ...     with warnings.catch_warnings(record=True):
+        ...         verify_images(recs, on_bad_image="skip")
+        []
+    """
+    check_choice("on_bad_image", on_bad_image, _ON_BAD_IMAGE)
+    good: list[ImageRecord] = []
+    bad: list[str] = []
+    for record in records:
+        try:
+            load_image(record.path)
+        except BadImageError:
+            if on_bad_image == "raise":
+                raise
+            bad.append(record.path)
+        else:
+            good.append(record)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f", ... ({len(bad)} in total)" if len(bad) > 5 else "")
+        warnings.warn(f"skipped {len(bad)} undecodable image(s): {shown}", stacklevel=2)
+    return good
+
+
+class ReIDDataset:
+    """A person ReID dataset: ``train``, ``query`` and ``gallery`` lists of records.
+
+    The constructor applies the common rules: it drops junk images (original id ``-1``) from
+    every split, keeps distractors (id ``0``) in the gallery, relabels the train ids to
+    ``0..n-1`` (original id kept in ``orig_pid``) and optionally decodes every image.
+    Subclasses parse a layout on disk and call this constructor; it can also wrap records
+    built in memory.
+
+    Args:
+        train: training records; ``pid`` holds the original id (it is relabelled here).
+        query: query records (original ids).
+        gallery: gallery records (original ids).
+        check_images: decode every image once at construction (slow on full datasets).
+            Default False: a bad file then surfaces when it is loaded.
+        on_bad_image: with ``check_images``, ``"raise"`` (default) raises
+            :class:`BadImageError` naming the file, ``"skip"`` drops it with a warning.
+
+    Attributes:
+        train: the training split, ids ``0..num_train_pids-1``.
+        query: the query split.
+        gallery: the gallery split.
+
+    Example:
+        >>> recs = [ImageRecord(f"{p}_{c}.jpg", p, c, 0, p) for p in (4, 9, -1) for c in (0, 1)]
+        >>> ds = ReIDDataset(recs, [], [])
+        >>> ds.train_stats, sorted({r.pid for r in ds.train})
+        (SplitStats(num_pids=2, num_imgs=4, num_cams=2), [0, 1])
+    """
+
+    name: ClassVar[str] = "custom"
+    """Short name of the dataset, as registered in :func:`~metareid.data.build_dataset`."""
+
+    layout: ClassVar[str] = ""
+    """The expected directory layout, shown in the errors about a missing or wrong layout."""
+
+    def __init__(
+        self,
+        train: Sequence[ImageRecord],
+        query: Sequence[ImageRecord],
+        gallery: Sequence[ImageRecord],
+        *,
+        check_images: bool = False,
+        on_bad_image: OnBadImage = "raise",
+    ) -> None:
+        check_choice("on_bad_image", on_bad_image, _ON_BAD_IMAGE)
+        splits = [drop_junk(train), drop_junk(query), drop_junk(gallery)]
+        if check_images:
+            splits = [verify_images(split, on_bad_image) for split in splits]
+        self.train: list[ImageRecord] = relabel(splits[0])
+        self.query: list[ImageRecord] = splits[1]
+        self.gallery: list[ImageRecord] = splits[2]
+        self.train_stats = split_stats(self.train)
+        self.query_stats = split_stats(self.query)
+        self.gallery_stats = split_stats(self.gallery)
+
+    @property
+    def num_train_pids(self) -> int:
+        """Number of training identities, the size of a per-domain memory."""
+        return self.train_stats.num_pids
+
+    @property
+    def num_train_imgs(self) -> int:
+        """Number of training images."""
+        return self.train_stats.num_imgs
+
+    @property
+    def num_train_cams(self) -> int:
+        """Number of cameras in the training split."""
+        return self.train_stats.num_cams
+
+    @property
+    def num_query_pids(self) -> int:
+        """Number of query identities."""
+        return self.query_stats.num_pids
+
+    @property
+    def num_query_imgs(self) -> int:
+        """Number of query images."""
+        return self.query_stats.num_imgs
+
+    @property
+    def num_query_cams(self) -> int:
+        """Number of cameras in the query split."""
+        return self.query_stats.num_cams
+
+    @property
+    def num_gallery_pids(self) -> int:
+        """Number of gallery identities (distractors count as one)."""
+        return self.gallery_stats.num_pids
+
+    @property
+    def num_gallery_imgs(self) -> int:
+        """Number of gallery images (junk excluded, distractors included)."""
+        return self.gallery_stats.num_imgs
+
+    @property
+    def num_gallery_cams(self) -> int:
+        """Number of cameras in the gallery split."""
+        return self.gallery_stats.num_cams
+
+    def summary(self) -> str:
+        """A small table of the counts per split.
+
+        Example:
+            >>> print(ReIDDataset([ImageRecord("a.jpg", 3, 0, 0, 3)], [], []).summary())
+            custom   | # ids | # images | # cameras
+            train    |     1 |        1 |         1
+            query    |     0 |        0 |         0
+            gallery  |     0 |        0 |         0
+        """
+        lines = [f"{self.name:<8} | # ids | # images | # cameras"]
+        for split, stats in (
+            ("train", self.train_stats),
+            ("query", self.query_stats),
+            ("gallery", self.gallery_stats),
+        ):
+            lines.append(
+                f"{split:<8} | {stats.num_pids:5d} | {stats.num_imgs:8d} | {stats.num_cams:9d}"
+            )
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(train={tuple(self.train_stats)}, "
+            f"query={tuple(self.query_stats)}, gallery={tuple(self.gallery_stats)})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers for the dataset classes: layout resolution and file-name parsing.
+
+
+def _layout_error(dataset: str, missing: Path, root: Path, layout: str) -> FileNotFoundError:
+    """A ``FileNotFoundError`` that names the missing path and shows the expected layout."""
+    return FileNotFoundError(
+        f"{dataset}: '{missing}' does not exist.\nExpected layout under root '{root}':\n{layout}"
+    )
+
+
+def _resolve_dataset_dir(
+    dataset: str,
+    root: str | Path,
+    candidates: Sequence[str],
+    required: Sequence[str],
+    layout: str,
+) -> Path:
+    """Find the folder under ``root`` that holds every entry of ``required``.
+
+    Args:
+        dataset: dataset name for the messages.
+        root: the dataset root given by the user.
+        candidates: sub-folders of ``root`` to try, in order (``""`` is ``root`` itself).
+        required: files or folders that the dataset folder must contain.
+        layout: the expected layout, shown in the error.
+
+    Returns:
+        The first candidate folder that holds every required entry.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist, or no candidate is complete; the message
+            names the first missing path of the first candidate.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise _layout_error(dataset, root, root, layout)
+    first_missing: Path | None = None
+    for candidate in candidates:
+        folder = root / candidate
+        missing = [folder / entry for entry in required if not (folder / entry).exists()]
+        if not missing:
+            return folder
+        if first_missing is None:
+            first_missing = missing[0]
+    assert first_missing is not None
+    raise _layout_error(dataset, first_missing, root, layout)
+
+
+def _scan_folder(
+    dataset: str,
+    folder: Path,
+    extensions: Sequence[str],
+    parse: Callable[[str], tuple[int, int]],
+    expected: str,
+) -> list[ImageRecord]:
+    """Records of every image directly inside ``folder``, sorted by file name.
+
+    Args:
+        dataset: dataset name for the messages.
+        folder: the split folder.
+        extensions: lower-case file extensions that count as images (other files are ignored,
+            e.g. ``Thumbs.db``).
+        parse: maps a file name to ``(pid, camid)`` with a 0-based camid, or raises
+            ``ValueError`` naming the file.
+        expected: an example of a valid file name, for the error about an empty folder.
+
+    Raises:
+        ValueError: the folder holds no image, or a file name does not parse.
+    """
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+    if not files:
+        raise ValueError(
+            f"{dataset}: no {'/'.join(extensions)} image in '{folder}'; expected files named "
+            f"like '{expected}' directly inside it"
+        )
+    records = []
+    for path in files:
+        pid, camid = parse(path.name)
+        records.append(ImageRecord(str(path), pid=pid, camid=camid, domain=0, orig_pid=pid))
+    return records
+
+
+def _name_parser(
+    dataset: str,
+    pattern: re.Pattern[str],
+    expected: str,
+    num_cameras: int | None,
+) -> Callable[[str], tuple[int, int]]:
+    """A file-name parser for names whose stem matches ``pattern`` (groups: pid, camera).
+
+    Cameras in the names are 1-based and must lie in ``1..num_cameras`` (unchecked when
+    ``num_cameras`` is None); the parser returns 0-based camids.
+    """
+
+    def parse(name: str) -> tuple[int, int]:
+        match = pattern.fullmatch(Path(name).stem)
+        if match is None:
+            raise ValueError(
+                f"{dataset}: cannot parse the file name '{name}'; expected names like "
+                f"'{expected}' (pattern {pattern.pattern})"
+            )
+        pid, camera = int(match.group(1)), int(match.group(2))
+        if camera < 1 or (num_cameras is not None and camera > num_cameras):
+            limit = "" if num_cameras is None else f"..{num_cameras}"
+            raise ValueError(
+                f"{dataset}: camera {camera} in the file name '{name}' is outside 1{limit}"
+            )
+        return pid, camera - 1
+
+    return parse

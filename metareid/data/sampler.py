@@ -1,0 +1,173 @@
+"""Identity-balanced batch sampler: P identities x K images per batch, other cameras first."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from metareid._validation import check_positive_int
+from metareid.data.datasets.base import ImageRecord
+
+__all__ = ["IdentityBalancedSampler"]
+
+
+class IdentityBalancedSampler(Sampler[list[int]]):
+    """Batches of ``num_identities`` (P) identities x ``num_instances`` (K) images.
+
+    A batch sampler: each item is the list of P*K dataset indices of one batch, laid out as
+    K consecutive indices per identity (``[a, a', a'', a''', b, b', ...]``). Pass it as
+    ``batch_sampler`` of a ``DataLoader``; build one per source domain so that batches
+    never mix domains.
+
+    Identities are visited in a random order, P distinct ones per batch; a pass over the
+    identities drops the last ``n_ids mod P`` of them (like ``drop_last``) and the next pass
+    reshuffles. For each identity an anchor image is drawn at random, then the K-1 partners:
+
+    1. images of the identity from **other cameras** than the anchor, without replacement;
+    2. if fewer than K-1 exist, the remaining images from the anchor's camera, without
+       replacement;
+    3. only if the identity has fewer than K images in total, the missing partners are drawn
+       **with replacement** from all its images.
+
+    The published M3L code (``RandomMultipleGallerySampler``) prefers other cameras in the
+    same way but draws them with replacement as soon as fewer than K (not K-1) exist, and
+    emits a single image for an identity with one image, which breaks the P x K layout of
+    the batch; this sampler always emits exactly K per identity.
+
+    Randomness comes from a NumPy generator seeded by ``(seed, epoch)``; the epoch counter
+    starts at 0 and advances at every ``iter()`` (or is set by :meth:`set_epoch`), so the
+    same seed gives the same batches.
+
+    Args:
+        pids: person id of every dataset item, shape (N,). Ids must be >= 0.
+        camids: camera of every item, shape (N,). None: all from one camera (no camera
+            preference possible).
+        num_identities: P, identities per batch. Default 16 (batch 64 with K = 4).
+        num_instances: K, images per identity. Default 4, as in the published code.
+        prefer_other_cameras: draw the K-1 partners from other cameras first. Default True.
+        infinite: never stop; each pass reshuffles. Default False (one pass per ``iter()``).
+        seed: seed of the generator, an int or a tuple of ints (e.g. ``(seed, domain)``).
+            Default 0.
+
+    Raises:
+        ValueError: lengths differ, a negative id, or fewer than P identities.
+
+    Example:
+        >>> sampler = IdentityBalancedSampler([0, 0, 1, 1, 1, 2], [0, 1, 0, 1, 1, 0],
+        ...                                   num_identities=2, num_instances=2, seed=0)
+        >>> len(sampler)
+        1
+        >>> batch = next(iter(sampler))
+        >>> len(batch), len({[0, 0, 1, 1, 1, 2][i] for i in batch})
+        (4, 2)
+    """
+
+    def __init__(
+        self,
+        pids: Sequence[int],
+        camids: Sequence[int] | None = None,
+        num_identities: int = 16,
+        num_instances: int = 4,
+        *,
+        prefer_other_cameras: bool = True,
+        infinite: bool = False,
+        seed: int | tuple[int, ...] = 0,
+    ) -> None:
+        check_positive_int("num_identities", num_identities)
+        check_positive_int("num_instances", num_instances)
+        pid_array = np.asarray(pids, dtype=np.int64).reshape(-1)
+        cam_array = (
+            np.zeros_like(pid_array)
+            if camids is None
+            else np.asarray(camids, dtype=np.int64).reshape(-1)
+        )
+        if cam_array.shape != pid_array.shape:
+            raise ValueError(
+                f"camids must have one entry per item ({pid_array.size}), got {cam_array.size}"
+            )
+        if pid_array.size and pid_array.min() < 0:
+            raise ValueError(
+                f"pids must be >= 0 (drop junk images first), got {int(pid_array.min())}"
+            )
+        groups: dict[int, list[int]] = defaultdict(list)
+        for index, pid in enumerate(pid_array.tolist()):
+            groups[pid].append(index)
+        if len(groups) < num_identities:
+            raise ValueError(
+                f"num_identities={num_identities} identities per batch, but the data holds "
+                f"only {len(groups)} identities"
+            )
+        self.pid_list: list[int] = sorted(groups)
+        self._indices = [np.asarray(groups[p], dtype=np.int64) for p in self.pid_list]
+        self._cameras = [cam_array[idx] for idx in self._indices]
+        self.num_identities = num_identities
+        self.num_instances = num_instances
+        self.prefer_other_cameras = prefer_other_cameras
+        self.infinite = infinite
+        self.seed: tuple[int, ...] = (seed,) if isinstance(seed, int) else tuple(seed)
+        self.epoch = 0
+
+    @classmethod
+    def from_records(cls, records: Sequence[ImageRecord], **kwargs: Any) -> IdentityBalancedSampler:
+        """Sampler over ``records``, reading their ``pid`` and ``camid``.
+
+        Args:
+            records: the training split of one domain.
+            **kwargs: the other arguments of the constructor.
+
+        Example:
+            >>> from metareid.data import ImageRecord
+            >>> recs = [ImageRecord(f"{i}.jpg", i % 3, i % 2, 0, i % 3) for i in range(9)]
+            >>> len(IdentityBalancedSampler.from_records(recs, num_identities=3))
+            1
+        """
+        return cls([r.pid for r in records], [r.camid for r in records], **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch used to seed the next ``iter()``.
+
+        Example:
+            >>> s = IdentityBalancedSampler([0, 0, 1, 1], num_identities=2, num_instances=2)
+            >>> s.set_epoch(3); s.epoch
+            3
+        """
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """Batches per pass over the identities (the length of one pass when ``infinite``)."""
+        return len(self.pid_list) // self.num_identities
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([*self.seed, self.epoch])
+        self.epoch += 1
+        while True:
+            order = rng.permutation(len(self.pid_list))
+            for start in range(0, len(self) * self.num_identities, self.num_identities):
+                batch: list[int] = []
+                for group in order[start : start + self.num_identities]:
+                    batch.extend(self._draw(int(group), rng))
+                yield batch
+            if not self.infinite:
+                return
+
+    def _draw(self, group: int, rng: np.random.Generator) -> list[int]:
+        """Anchor then K-1 partners of identity ``self.pid_list[group]``."""
+        indices, cameras = self._indices[group], self._cameras[group]
+        k = self.num_instances
+        anchor = int(rng.integers(len(indices)))
+        others = np.arange(len(indices)) != anchor
+        if self.prefer_other_cameras:
+            cross = others & (cameras != cameras[anchor])
+            same = others & (cameras == cameras[anchor])
+            pool = np.concatenate([rng.permutation(indices[cross]), rng.permutation(indices[same])])
+        else:
+            pool = rng.permutation(indices[others])
+        partners = pool[: k - 1]
+        if len(partners) < k - 1:  # fewer than K images: only now with replacement
+            extra = rng.choice(indices, size=k - 1 - len(partners), replace=True)
+            partners = np.concatenate([partners, extra])
+        return [int(indices[anchor]), *(int(i) for i in partners)]

@@ -1,0 +1,137 @@
+"""Private input conversion and checks for :mod:`metareid.evaluation`.
+
+The evaluation functions accept numpy arrays as well as torch tensors. These helpers turn
+them into CPU or device tensors without copying where possible and raise ``TypeError`` or
+``ValueError`` naming the argument, the value received and what was expected.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "as_distances",
+    "as_features",
+    "as_ids",
+    "check_finite_tensor",
+    "check_nonnegative_int",
+]
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, (Tensor, np.ndarray)):
+        kind = "tensor" if isinstance(value, Tensor) else "numpy array"
+        return f"a {kind} of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}"[:200]
+
+
+def _to_tensor(name: str, value: object, expected: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, np.ndarray):
+        if value.dtype == object or value.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be {expected}, got {_describe(value)}")
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, (list, tuple)):
+        try:
+            array = np.asarray(value)
+        except ValueError as error:  # ragged nested lists
+            raise TypeError(
+                f"{name} must be {expected}, got a ragged {type(value).__name__}"
+            ) from error
+        if array.dtype == object or array.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be {expected}, got {_describe(value)}")
+        return torch.from_numpy(array)
+    raise TypeError(f"{name} must be {expected}, got {_describe(value)}")
+
+
+def as_ids(name: str, value: object, length: int | None = None, like: str = "") -> Tensor:
+    """Return ``value`` (array-like of integer ids, shape (N,)) as an int64 CPU tensor.
+
+    Args:
+        name: argument name used in error messages.
+        value: numpy array, tensor or list of integers.
+        length: required length N, or ``None`` to accept any.
+        like: what ``length`` comes from, for the error message (e.g. "distmat.shape[0]").
+    """
+    expected = "a 1-D integer array or tensor of ids"
+    ids = _to_tensor(name, value, expected)
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must be {expected}, got dtype {ids.dtype}")
+    if ids.dim() != 1:
+        raise ValueError(f"{name} must be {expected} of shape (N,), got shape {tuple(ids.shape)}")
+    if length is not None and ids.shape[0] != length:
+        raise ValueError(
+            f"{name} must have length {length} (= {like}), got shape {tuple(ids.shape)}"
+        )
+    return ids.to(device="cpu", dtype=torch.int64)
+
+
+def as_distances(name: str, value: object) -> Tensor:
+    """Return ``value`` (array-like, shape (Q, G)) as a contiguous floating-point tensor.
+
+    Integer and boolean matrices are converted to float64 (exact below 2**53); float16 and
+    bfloat16 are converted to float32 (exact). Tensors keep their device.
+    """
+    expected = "a 2-D floating-point array or tensor of distances of shape (Q, G)"
+    dist = _to_tensor(name, value, expected)
+    if dist.is_complex():
+        raise TypeError(f"{name} must be {expected}, got dtype {dist.dtype}")
+    if dist.dim() != 2:
+        raise ValueError(f"{name} must be {expected}, got shape {tuple(dist.shape)}")
+    if not dist.is_floating_point():
+        dist = dist.to(torch.float64)
+    elif dist.dtype in (torch.float16, torch.bfloat16):
+        dist = dist.to(torch.float32)
+    return dist.contiguous()
+
+
+def as_features(name: str, value: object, dim: int | None = None) -> Tensor:
+    """Return ``value`` (array-like, shape (N, D)) as a floating-point tensor.
+
+    float16 and bfloat16 are converted to float32. Tensors keep their device.
+    """
+    expected = "a 2-D floating-point array or tensor of features of shape (N, D)"
+    feats = _to_tensor(name, value, expected)
+    if not feats.is_floating_point():
+        raise TypeError(f"{name} must be {expected}, got dtype {feats.dtype}")
+    if feats.dim() != 2:
+        raise ValueError(f"{name} must be {expected}, got shape {tuple(feats.shape)}")
+    if dim is not None and feats.shape[1] != dim:
+        raise ValueError(
+            f"{name} must have {dim} columns to match the other features, "
+            f"got shape {tuple(feats.shape)}"
+        )
+    if feats.shape[0] == 0 or feats.shape[1] == 0:
+        raise ValueError(f"{name} must have N, D >= 1, got shape {tuple(feats.shape)}")
+    if feats.dtype in (torch.float16, torch.bfloat16):
+        feats = feats.to(torch.float32)
+    return feats
+
+
+def check_finite_tensor(name: str, value: Tensor) -> None:
+    """Raise ``ValueError`` if ``value`` holds NaN or infinite entries."""
+    low_high = torch.aminmax(value) if value.numel() else None
+    if low_high is None:
+        return
+    low, high = float(low_high.min), float(low_high.max)
+    if np.isfinite(low) and np.isfinite(high):
+        return
+    finite = torch.isfinite(value)
+    bad = (~finite).nonzero()[0].tolist()
+    count = int((~finite).sum())
+    raise ValueError(
+        f"{name} must be finite, got {count} NaN or infinite entries "
+        f"(first at index {tuple(bad)}: {value[tuple(bad)].item()})"
+    )
+
+
+def check_nonnegative_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an int >= 0 (bool excluded), raise otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= 0, got {_describe(value)}")
+    if value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value}")
+    return int(value)

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from metareid.engine import TrainConfig
+
+
+def test_defaults_are_the_papers():
+    cfg = TrainConfig()
+    assert (cfg.lr, cfg.weight_decay, cfg.epochs, cfg.iters_per_epoch) == (3.5e-4, 5e-4, 60, 200)
+    assert (cfg.warmup_epochs, cfg.warmup_factor, cfg.milestones, cfg.gamma) == (
+        10,
+        0.01,
+        (30, 50),
+        0.1,
+    )
+    assert (cfg.num_identities, cfg.num_instances, cfg.height, cfg.width) == (16, 4, 256, 128)
+    assert (cfg.memory_momentum, cfg.temperature, cfg.margin) == (0.2, 0.05, 0.3)
+    assert cfg.method == "m3l" and cfg.memory_update == "mean" and cfg.metabn_scale == "std"
+
+
+def test_file_round_trip_and_flags_override(tmp_path):
+    cfg = TrainConfig(method="meta", epochs=3, sources=("a", "b"), target="c")
+    path = tmp_path / "cfg.json"
+    cfg.save(path)
+    assert TrainConfig.from_file(path) == cfg
+    parser = argparse.ArgumentParser()
+    TrainConfig.add_arguments(parser)
+    args = parser.parse_args(
+        ["--epochs", "7", "--no-triplet", "--milestones", "2", "5", "--method", "baseline"]
+    )
+    new = TrainConfig.from_args(args, cfg)
+    assert (new.epochs, new.triplet, new.milestones, new.method) == (7, False, (2, 5), "baseline")
+    assert new.sources == ("a", "b")  # untouched fields keep the file's values
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(method="maml"), "method must be one of 'baseline', 'meta', 'm3l'; got 'maml'"),
+        (dict(epochs=0), "epochs must be an int >= 1, got 0"),
+        (dict(memory_momentum=1.5), r"memory_momentum must lie in \[0, 1\], got 1.5"),
+        (dict(lr=0.0), "lr must be > 0"),
+        (dict(sources=("a",)), "needs at least two sources"),
+        (dict(target="msmt17"), "target 'msmt17' is also a source"),
+        (dict(id_loss="none", triplet=False), "no loss"),
+        (dict(num_instances=1), "num_instances must be >= 2"),
+    ],
+)
+def test_bad_values_name_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_unknown_keys_and_bad_files(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown config keys \['epochz'\]"):
+        TrainConfig.from_dict({"epochz": 3})
+    with pytest.raises(FileNotFoundError, match=r"missing\.json"):
+        TrainConfig.from_file(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        TrainConfig.from_file(bad)
+    bad.write_text(json.dumps([1, 2]))
+    with pytest.raises(ValueError, match="JSON object"):
+        TrainConfig.from_file(bad)

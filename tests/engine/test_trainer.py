@@ -1,0 +1,131 @@
+"""A few trainer iterations on tiny synthetic data for every switch; resume; checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from metareid import MemoryBank, MetaBN
+from metareid.engine import Trainer, load_checkpoint
+
+SWITCHES = [
+    dict(method="baseline"),
+    dict(method="meta"),
+    dict(method="m3l"),
+    dict(method="m3l", id_loss="memory", triplet=False),  # Table 4
+    dict(method="m3l", id_loss="none", triplet=True),
+    dict(method="m3l", id_loss="fc_global"),  # Table 5
+    dict(method="m3l", id_loss="fc_domain"),
+    dict(method="baseline", id_loss="fc_domain"),
+    dict(
+        method="m3l", memory_update="sequential", metabn_scale="var", memory_update_timing="after"
+    ),
+    dict(method="m3l", first_order=True, backend="func", inner_state="continue"),
+]
+
+
+@pytest.mark.parametrize(
+    "switches", SWITCHES, ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items())
+)
+def test_every_switch_trains_and_evaluates(tiny_bench, tiny_config, tmp_path, switches):
+    cfg = tiny_config(tiny_bench, tmp_path / "run", **switches)
+    trainer = Trainer(cfg, log=lambda s: None)
+    neck_is_metabn = isinstance(trainer.model.neck, MetaBN)
+    assert neck_is_metabn == (cfg.method == "m3l")
+    before = [m.features.clone() for m in trainer.memories]
+    result = trainer.fit()
+    assert 0.0 <= result.final.mAP <= 100.0 and result.final.epoch == 1
+    assert (tmp_path / "run" / "last.pt").is_file()
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    ]
+    iters = [r for r in records if r["kind"] == "iter"]
+    assert [r["iter"] for r in iters] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in iters)
+    if cfg.method != "baseline":
+        assert {"meta_train_loss", "meta_test_loss"} <= set(iters[0])
+    assert len(trainer.memories) == (2 if cfg.id_loss == "memory" else 0)
+    for m, b in zip(trainer.memories, before):
+        assert not torch.equal(m.features, b)  # the memories were updated
+        torch.testing.assert_close(m.features.norm(dim=1), torch.ones(m.num_ids))
+
+
+def test_memories_start_from_eval_mode_class_means(tiny_bench, tiny_config, tmp_path):
+    cfg = tiny_config(tiny_bench, tmp_path / "run")
+    trainer = Trainer(cfg, log=lambda s: None)
+    trainer.init_memories()
+    # Independent reference: eval-mode features of every training image, averaged per id.
+    model = trainer.model.eval()
+    for domain, memory in enumerate(trainer.memories):
+        records = trainer.sources.per_domain_train[domain]
+        loader = trainer._test_loader(records)
+        feats, pids = [], []
+        with torch.no_grad():
+            for batch in loader:
+                feats.append(model(batch["img"]))
+                pids.append(batch["pid"])
+        feats, pids = torch.cat(feats), torch.cat(pids)
+        for k in range(memory.num_ids):
+            centroid = torch.nn.functional.normalize(feats[pids == k].mean(0), dim=0)
+            torch.testing.assert_close(memory.features[k], centroid, rtol=1e-5, atol=1e-6)
+    assert isinstance(trainer.memories[0], MemoryBank)
+
+
+def _iter_losses(path):
+    return [
+        (r["iter"], r["loss"])
+        for r in map(json.loads, (path / "log.jsonl").read_text().splitlines())
+        if r["kind"] == "iter"
+    ]
+
+
+def test_resume_after_a_kill_gives_the_same_losses(tiny_bench, tiny_config, tmp_path, monkeypatch):
+    kw = dict(epochs=3, iters_per_epoch=2, eval_every=1, warmup_epochs=1, milestones=(2,))
+    full = Trainer(tiny_config(tiny_bench, tmp_path / "full", **kw), log=lambda s: None)
+    full_result = full.fit()
+
+    cfg = tiny_config(tiny_bench, tmp_path / "killed", **kw)
+    killed = Trainer(cfg, log=lambda s: None)
+    calls = {"n": 0}
+    original = Trainer._iteration
+
+    def dies_in_epoch_two(self, batches):
+        calls["n"] += 1
+        if calls["n"] == 4:  # second iteration of the second epoch
+            raise KeyboardInterrupt
+        return original(self, batches)
+
+    monkeypatch.setattr(Trainer, "_iteration", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    monkeypatch.setattr(Trainer, "_iteration", original)
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 1
+
+    resumed = Trainer(cfg, log=lambda s: None).fit(resume=True)
+    assert _iter_losses(tmp_path / "killed") == _iter_losses(tmp_path / "full")
+    assert resumed.final == full_result.final
+    assert [e.epoch for e in resumed.evaluations] == [1, 2, 3]
+
+
+def test_resume_refuses_a_different_config(tiny_bench, tiny_config, tmp_path):
+    Trainer(tiny_config(tiny_bench, tmp_path / "run"), log=lambda s: None).fit()
+    other = Trainer(tiny_config(tiny_bench, tmp_path / "run", lr=1e-2), log=lambda s: None)
+    with pytest.raises(ValueError, match=r"differing keys: lr \(checkpoint 0.00035, now 0.01\)"):
+        other.fit(resume=True)
+
+
+def test_trainer_rejects_non_config():
+    with pytest.raises(TypeError, match="config must be a TrainConfig"):
+        Trainer({"method": "m3l"})  # type: ignore[arg-type]
+
+
+def test_end_of_run_pictures(tiny_bench, tiny_config, tmp_path):
+    pytest.importorskip("matplotlib")
+    lines = []
+    Trainer(tiny_config(tiny_bench, tmp_path / "run", plots=True), log=lines.append).fit()
+    for name in ("curves.png", "tsne.png", "retrieval.png"):
+        path = tmp_path / "run" / name
+        assert path.is_file() and path.stat().st_size > 1000, name
+        assert any(name in line for line in lines)

@@ -3,7 +3,7 @@
 With no arguments: writes the built-in synthetic multi-domain benchmark (four domains that
 differ in style) to ``./data/synthetic``, then trains the baseline, meta-learning without
 MetaBN and full M3L leave-one-domain-out (each domain once as the unseen target, the other
-three as sources) with a CPU-sized ResNet-18, and prints a results table like Table 3.
+three as sources) with a CPU-sized ResNet-10, and prints a results table like Table 3.
 Takes about ten minutes on two CPU cores; ``--smoke`` does the same on one target with a
 few iterations in about a minute.
 
@@ -35,7 +35,7 @@ REAL_TARGETS = ("market1501", "dukemtmc", "cuhk03", "msmt17")
 
 # CPU-sized settings for the synthetic benchmark.
 SYNTHETIC = dict(
-    arch="resnet18",
+    arch="resnet10",
     pretrained="none",
     height=64,
     width=32,

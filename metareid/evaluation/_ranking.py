@@ -34,17 +34,18 @@ and its own bin disagree. The result equals a per-query stable ``argsort`` exact
 included, at a cost of a few elementwise passes per distance instead of a sort.
 
 On the CPU, the accumulators split the rows of a chunk among worker threads, each running
-single-threaded torch operations (see :func:`run_workers`).
+single-threaded torch operations (see :func:`metareid.evaluation._threads.run_workers`).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from metareid.evaluation._threads import run_workers
 
 __all__ = [
     "Cuhk03Accumulator",
@@ -341,35 +342,6 @@ def split_rows(count: int, parts: int) -> list[tuple[int, int]]:
     return [(bounds[k], bounds[k + 1]) for k in range(parts)]
 
 
-def run_workers(task: Callable[[int], object], count: int) -> None:
-    """Run ``task(k)`` for ``k < count``, each in its own thread limited to one intra-op thread.
-
-    Every worker calls ``torch.set_num_threads(1)``, a per-thread OpenMP setting: the
-    workers never meet at each other's parallel-region barriers, which on a busy machine
-    (a descheduled team member) costs a scheduler time slice per operation. The process
-    default, which ``set_num_threads`` also changes for threads created later, is restored
-    afterwards. A single task runs in a worker thread too, for the same reason.
-    """
-    errors: list[BaseException] = []
-    threads_before = torch.get_num_threads()
-
-    def worker(k: int) -> None:
-        try:
-            torch.set_num_threads(1)
-            task(k)
-        except BaseException as error:  # re-raised in the calling thread
-            errors.append(error)
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    torch.set_num_threads(threads_before)
-    if errors:
-        raise errors[0]
-
-
 def num_workers(dist: Tensor) -> int:
     """Worker threads for ranking ``dist``: the intra-op thread count on the CPU, else 1."""
     if dist.device.type != "cpu":
@@ -407,7 +379,7 @@ class MarketAccumulator:
     ) -> None:
         """Add the queries of a chunk: distances (c, G), ids (c,) and cameras (c,).
 
-        The rows are split among worker threads (see :func:`run_workers`); ``finalize`` is
+        The rows are split among worker threads (see :func:`metareid.evaluation._threads.run_workers`); ``finalize`` is
         called with chunk-relative rows.
         """
         workspace_rows = Workspace.rows_for(self.gallery.num)

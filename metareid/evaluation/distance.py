@@ -26,6 +26,7 @@ from torch import Tensor
 
 from metareid._validation import check_choice, check_positive_int
 from metareid.evaluation._checks import as_features, check_finite_tensor
+from metareid.evaluation._threads import single_threaded
 
 __all__ = ["METRICS", "Metric", "compute_distance", "iter_distance_chunks"]
 
@@ -64,8 +65,9 @@ class PairwiseDistance:
 
     def __init__(self, x: Tensor, y: Tensor, metric: str) -> None:
         self.x, self.y, self.metric = x, y, metric
-        self.x_aux = _row_terms(x, metric)
-        self.y_aux = self.x_aux if y is x else _row_terms(y, metric)
+        # row blocks on one thread: fixed summation order, no OpenMP barriers (see _threads)
+        self.x_aux = single_threaded(lambda: _row_terms(x, metric))
+        self.y_aux = self.x_aux if y is x else single_threaded(lambda: _row_terms(y, metric))
 
     def products(self, start: int, stop: int, out: Tensor) -> Tensor:
         """Write ``(c * x[start:stop]) @ y.T`` into ``out`` (shape (stop - start, M)).

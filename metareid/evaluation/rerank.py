@@ -37,30 +37,19 @@ followed here, uses the squared Euclidean distance once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 from torch import Tensor
 
 from metareid._validation import check_choice, check_positive_int, check_unit_interval
 from metareid.evaluation._checks import as_features, check_finite_tensor
-from metareid.evaluation._ranking import run_workers
+from metareid.evaluation._threads import single_threaded
 from metareid.evaluation.distance import METRICS, Metric, PairwiseDistance
 
 __all__ = ["KReciprocalReranker", "k_reciprocal_rerank"]
 
 _PAIR_BUDGET = 1 << 21  # pairs handled at once in the sparse stages (~100 MB of indices)
 _GATHER_PAIRS = 1 << 12  # feature pairs gathered at once (2 x 4096 x D values)
-
-
-def _single_threaded(job: Callable[[], object]) -> None:
-    """Run ``job`` in a worker thread with one intra-op thread (see ``run_workers``).
-
-    The sparse stages are many small, mostly serial operations: OpenMP parallel regions
-    only add barriers, which are slow when other processes share the cores.
-    """
-    run_workers(lambda _: job(), 1)
 
 
 def _smallest_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -195,7 +184,8 @@ class KReciprocalReranker:
         self._features = {"q": qf, "g": gf}
         width = min(max(self.k1 + 1, self.k2), num)
         self.neighbours, self._neighbour_dist, self.row_max = self._neighbour_lists(width)
-        _single_threaded(self._build_vectors)
+        # many small, mostly serial operations: no OpenMP barriers (see _threads)
+        single_threaded(self._build_vectors)
 
     # --- pass 1: nearest neighbours and row maxima ----------------------------------------
     def _block(self, side: str, start: int, stop: int) -> tuple[Tensor, Tensor]:
@@ -424,9 +414,8 @@ class KReciprocalReranker:
         original = self._engines[("q", "g")].rows(start, stop)
         peak = self.row_max[start:stop].to(original.dtype).to(original.device)
         original.div_(peak[:, None])
-        box: list[Tensor] = []
-        _single_threaded(lambda: box.append(self.jaccard_overlap(start, stop)))
-        overlap = box[0].to(original.device)
+        overlap = single_threaded(lambda: self.jaccard_overlap(start, stop))
+        overlap = overlap.to(original.device)
         jaccard = 1.0 - overlap / (2.0 - overlap)
         return jaccard.to(original.dtype) * (1.0 - self.lambda_value) + original * self.lambda_value
 

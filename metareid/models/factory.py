@@ -9,6 +9,7 @@ from metareid.models.neck import ReIDModel, _check_neck_args
 from metareid.models.resnet import (
     ResNetBackbone,
     ibn_resnet50a,
+    resnet10,
     resnet18,
     resnet34,
     resnet50,
@@ -17,6 +18,7 @@ from metareid.models.resnet import (
 __all__ = ["build_model", "list_models"]
 
 _BACKBONES: dict[str, Callable[..., ResNetBackbone]] = {
+    "resnet10": resnet10,
     "resnet18": resnet18,
     "resnet34": resnet34,
     "resnet50": resnet50,
@@ -30,7 +32,7 @@ def list_models() -> list[str]:
     Example:
         >>> from metareid.models import list_models
         >>> list_models()
-        ['ibn_resnet50a', 'resnet18', 'resnet34', 'resnet50']
+        ['ibn_resnet50a', 'resnet10', 'resnet18', 'resnet34', 'resnet50']
     """
     return sorted(_BACKBONES)
 
@@ -58,7 +60,7 @@ def build_model(
     ``"ibn_resnet50a"``.
 
     Args:
-        arch: ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` or ``"ibn_resnet50a"``.
+        arch: ``"resnet10"``, ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` or ``"ibn_resnet50a"``.
         pretrained: ``False`` (default), ``True`` (ImageNet weights: torchvision's
             ``IMAGENET1K_V1`` for the ResNets, the IBN-Net release for IBN-Net50-a), a URL
             or a local checkpoint path. See :func:`metareid.models.resnet18`.

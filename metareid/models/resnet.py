@@ -196,6 +196,44 @@ class ResNetBackbone(tv_resnet.ResNet):
         )
 
 
+def resnet10(
+    pretrained: Pretrained = False,
+    last_stride: int = 1,
+    *,
+    stem_relu: bool = True,
+    load_running_stats: bool = True,
+) -> ResNetBackbone:
+    """ResNet-10 trunk (one BasicBlock per stage, 512 output channels), for CPU demos.
+
+    About half the compute of ResNet-18; what the synthetic-benchmark example trains on
+    two CPU cores. torchvision has no ImageNet weights for it: ``pretrained`` may be
+    ``False`` or a local/URL checkpoint (``True`` raises ``ValueError``).
+
+    Returns:
+        The trunk, mapping (B, 3, H, W) to (B, 512, h, w).
+
+    Example:
+        >>> from metareid.models import resnet10
+        >>> net = resnet10()
+        >>> [len(stage) for stage in (net.layer1, net.layer2, net.layer3, net.layer4)]
+        [1, 1, 1, 1]
+    """
+    if pretrained is True:
+        raise ValueError(
+            "pretrained=True: there are no ImageNet weights for resnet10; pass False or the "
+            "path of a checkpoint"
+        )
+    return _build(
+        "resnet10",
+        tv_resnet.BasicBlock,
+        (1, 1, 1, 1),
+        pretrained,
+        last_stride,
+        stem_relu=stem_relu,
+        load_running_stats=load_running_stats,
+    )
+
+
 def resnet18(
     pretrained: Pretrained = False,
     last_stride: int = 1,

@@ -19,7 +19,7 @@ from metareid.models import (
     list_models,
 )
 
-NAMES = ["ibn_resnet50a", "resnet18", "resnet34", "resnet50"]
+NAMES = ["ibn_resnet50a", "resnet10", "resnet18", "resnet34", "resnet50"]
 
 
 @pytest.fixture(autouse=True)

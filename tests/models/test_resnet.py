@@ -232,3 +232,15 @@ def test_backbone_rejects_bad_structure_and_input() -> None:
     net = ResNetBackbone(tv_resnet.BasicBlock, (1, 1, 1, 1))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         net(torch.randn(3, 64, 32))
+
+
+def test_resnet10_is_one_block_per_stage_and_has_no_imagenet_weights() -> None:
+    import pytest
+
+    from metareid.models import resnet10
+
+    net = resnet10(last_stride=2)
+    out = net(torch.randn(2, 3, 64, 32))
+    assert out.shape == (2, 512, 2, 1)
+    with pytest.raises(ValueError, match="no ImageNet weights for resnet10"):
+        resnet10(pretrained=True)

@@ -27,6 +27,7 @@ Usage::
     python benchmarks/eval_speed.py --fraction 0.1  # everything 10x smaller, quick check
     python benchmarks/eval_speed.py --scale market --runs 5
     python benchmarks/eval_speed.py --rerank-msmt   # adds MSMT17-scale re-ranking
+    python benchmarks/eval_speed.py --scale msmt --only rerank --rerank-msmt
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 SCALES = {
     # queries, gallery, identities, cameras, feature dimension
@@ -61,7 +64,9 @@ def _reset_peak() -> None:
         refs.write("5")  # resets VmHWM to the current VmRSS
 
 
-def _inputs(scale: str, fraction: float, features: bool, seed: int = 0):
+def _inputs(
+    scale: str, fraction: float, features: bool, seed: int = 0
+) -> tuple[tuple[Any, ...], tuple[Any, Any, Any, Any]]:
     import numpy as np
     import torch
 
@@ -83,7 +88,7 @@ def _inputs(scale: str, fraction: float, features: bool, seed: int = 0):
     return (torch.rand(num_q, num_g, generator=gen),), ids
 
 
-def _timed(job) -> tuple[float, float, int, object]:
+def _timed(job: Callable[[], object]) -> tuple[float, float, int, object]:
     """Wall time, CPU time and peak memory growth of one call of ``job``."""
     before = _status("VmRSS")
     _reset_peak()
@@ -93,10 +98,10 @@ def _timed(job) -> tuple[float, float, int, object]:
     return wall, cpu, _status("VmHWM") - before, result
 
 
-def _summary(samples: list[tuple[float, float, int, object]], ids: tuple) -> dict:
+def _summary(samples: list[tuple[float, float, int, object]], ids: tuple[Any, ...]) -> dict:
     walls = [w for w, _, _, _ in samples]
     median_index = walls.index(sorted(walls)[(len(walls) - 1) // 2])
-    out = {
+    out: dict[str, Any] = {
         "wall": statistics.median(walls),
         "min": min(walls),
         "cpu": samples[median_index][1],
@@ -106,7 +111,7 @@ def _summary(samples: list[tuple[float, float, int, object]], ids: tuple) -> dic
     }
     result = samples[-1][3]
     if hasattr(result, "mAP"):
-        out["mAP"] = float(result.mAP)  # type: ignore[attr-defined]
+        out["mAP"] = float(result.mAP)
     return out
 
 
@@ -126,8 +131,12 @@ def _worker(config: str, scale: str, fraction: float, runs: int) -> dict:
         array = tensors[0].numpy()
         return {"argsort": _summary([_timed(lambda: np.argsort(array, axis=1))], ids)}
     qf, gf = tensors
+    q_pids, g_pids, q_camids, g_camids = ids
     if config == "rerank":
-        job = lambda: evaluate_features(qf, gf, *ids, rerank=True)  # noqa: E731
+
+        def job() -> object:
+            return evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, rerank=True)
+
         return {"rerank": _summary([_timed(job) for _ in range(runs)], ids)}
     if config != "pair":
         raise ValueError(config)
@@ -184,6 +193,12 @@ def main() -> None:
     parser.add_argument(
         "--rerank-msmt", action="store_true", help="also re-rank at MSMT17 scale (minutes)"
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["rank", "argsort", "pair", "rerank"],
+        help="run only these configurations (pair = products and features)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -192,12 +207,15 @@ def main() -> None:
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
-    rows, ratios = [], {}
+    rows: list[tuple[str, str, dict[str, Any]]] = []
+    ratios: dict[str, dict[str, float]] = {}
     load_before = os.getloadavg()
     for scale in args.scale:
         configs = ["rank", "argsort", "pair"] if scale == "market" else ["rank", "pair"]
         if not args.no_rerank and (scale == "market" or args.rerank_msmt):
             configs.append("rerank")
+        if args.only:
+            configs = [config for config in configs if config in args.only]
         for config in configs:
             runs = 1 if config in ("rerank", "argsort") else args.runs
             print(f"running {config} at {scale} scale ...", file=sys.stderr, flush=True)

@@ -37,8 +37,8 @@ REAL_TARGETS = ("market1501", "dukemtmc", "cuhk03", "msmt17")
 SYNTHETIC = dict(
     arch="resnet10",
     pretrained="none",
-    height=64,
-    width=32,
+    height=32,
+    width=16,
     num_identities=8,
     num_instances=4,
     epochs=6,
@@ -48,8 +48,12 @@ SYNTHETIC = dict(
     lr=1e-3,
     eval_every=0,
     workers=0,
+    # Second order through the fresh-Adam inner step diverges when training from scratch
+    # on this benchmark (see docs/training.md, "Known issues"); first order is stable.
+    first_order=True,
+    plots=False,  # pictures cost minutes of t-SNE on 2 cores; add `-- --plots` for them
 )
-SMOKE = dict(SYNTHETIC, epochs=2, iters_per_epoch=4, num_identities=4, height=32, width=16)
+SMOKE = dict(SYNTHETIC, epochs=2, iters_per_epoch=4, num_identities=4)
 
 
 def real_sources(target: str, cuhk_source: str, msmt_version: str) -> tuple[str, ...]:

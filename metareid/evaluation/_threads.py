@@ -30,15 +30,20 @@ def run_workers(task: Callable[[int], object], count: int) -> None:
     workers never meet at each other's parallel-region barriers, which on a busy machine
     (a descheduled team member) costs a scheduler time slice per operation. The process
     default, which ``set_num_threads`` also changes for threads created later, is restored
-    afterwards. A single task runs in a worker thread too, for the same reason.
+    afterwards. A single task runs in a worker thread too, for the same reason. The
+    workers run in the caller's grad and inference modes.
     """
     errors: list[BaseException] = []
     threads_before = torch.get_num_threads()
+    # grad and inference modes are thread-local: give the workers the caller's
+    inference = torch.is_inference_mode_enabled()
+    grad = torch.is_grad_enabled()
 
     def worker(k: int) -> None:
         try:
             torch.set_num_threads(1)
-            task(k)
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                task(k)
         except BaseException as error:  # re-raised in the calling thread
             errors.append(error)
 

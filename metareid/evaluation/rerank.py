@@ -364,7 +364,7 @@ class KReciprocalReranker:
         return colptr, g_rows[order], g_vals[order]
 
     # --- steps 7-8: final distances of a range of queries -----------------------------------
-    def jaccard_overlap(self, start: int, stop: int) -> Tensor:
+    def _jaccard_overlap(self, start: int, stop: int) -> Tensor:
         """``s = sum_j min(V[q, j], V[g, j])`` for queries ``start..stop``, shape (n, G)."""
         indptr, cols, vals = self._vectors
         colptr, g_rows, g_vals = self._gallery_index
@@ -414,7 +414,7 @@ class KReciprocalReranker:
         original = self._engines[("q", "g")].rows(start, stop)
         peak = self.row_max[start:stop].to(original.dtype).to(original.device)
         original.div_(peak[:, None])
-        overlap = single_threaded(lambda: self.jaccard_overlap(start, stop))
+        overlap = single_threaded(lambda: self._jaccard_overlap(start, stop))
         overlap = overlap.to(original.device)
         jaccard = 1.0 - overlap / (2.0 - overlap)
         return jaccard.to(original.dtype) * (1.0 - self.lambda_value) + original * self.lambda_value

@@ -137,3 +137,18 @@ def test_cuda_features_match_cpu(protocol):
     rr_cpu = evaluate_features(qf, gf, *ids, rerank=True, k1=5, k2=3)
     rr_gpu = evaluate_features(qf.cuda(), gf.cuda(), *ids, rerank=True, k1=5, k2=3)
     np.testing.assert_allclose(rr_gpu.cmc, rr_cpu.cmc)
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "grad"])
+def test_works_under_no_grad_inference_mode_and_with_grad_features(mode):
+    qf, gf, ids = make_case(7)
+    expected = evaluate_features(qf, gf, *ids, max_rank=5)
+    if mode == "grad":
+        got = evaluate_features(qf.requires_grad_(), gf, *ids, max_rank=5)
+    else:
+        context = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
+        with context:
+            got = evaluate_features(qf, gf, *ids, max_rank=5, rerank=False)
+            evaluate_features(qf, gf, *ids, max_rank=5, rerank=True, k1=4, k2=2)
+            evaluate_rank(compute_distance(qf, gf), *ids, max_rank=5, protocol="cuhk03")
+    assert_identical(got, expected)

@@ -20,6 +20,9 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from metareid.viz._checks import as_numpy as _as_np
+from metareid.viz._checks import describe as _describe
+
 __all__ = ["plot_training_curves", "plot_tsne"]
 
 INSTALL_HINT = 'pip install "metareid[viz]"'
@@ -44,24 +47,6 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", dpi=_DPI)
     return out
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, (Tensor, np.ndarray)):
-        kind = "tensor" if isinstance(value, Tensor) else "numpy array"
-        return f"a {kind} of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return f"{type(value).__name__} {value!r}"[:200]
-
-
-def _as_array(name: str, value: object, expected: str) -> np.ndarray:
-    if isinstance(value, Tensor):
-        return value.detach().cpu().numpy()
-    if isinstance(value, (np.ndarray, list, tuple)):
-        try:
-            return np.asarray(value)
-        except ValueError as error:  # ragged nested sequences
-            raise TypeError(f"{name} must be {expected}, got a ragged sequence") from error
-    raise TypeError(f"{name} must be {expected}, got {_describe(value)}")
 
 
 def _check_path(path: object) -> None:
@@ -114,7 +99,7 @@ def plot_tsne(
         ...     plot_tsne(emb, domains, Path(tmp) / "tsne.png", names).name
         'tsne.png'
     """
-    emb = _as_array("embedding", embedding, "a real array of shape (N, 2)")
+    emb = _as_np("embedding", embedding, "a real array of shape (N, 2)")
     if emb.dtype.kind not in "iuf":
         raise TypeError(f"embedding must be a real array of shape (N, 2), got {_describe(emb)}")
     if emb.ndim != 2 or emb.shape[1] != 2 or emb.shape[0] == 0:
@@ -124,7 +109,7 @@ def plot_tsne(
             f"embedding must be finite, got {int((~np.isfinite(emb)).sum())} "
             "NaN or infinite entries"
         )
-    ids = _as_array("domains", domains, "a sequence of integer domain ids of shape (N,)")
+    ids = _as_np("domains", domains, "a sequence of integer domain ids of shape (N,)")
     if ids.dtype.kind not in "iu" and ids.size > 0:
         raise TypeError(
             f"domains must be a sequence of integer domain ids of shape (N,), got {_describe(ids)}"

@@ -17,6 +17,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from metareid.viz._checks import as_numpy as _as_np
+from metareid.viz._checks import describe as _describe
+
 __all__ = ["retrieval_grid"]
 
 BORDER = 4  # frame width around every image, pixels
@@ -32,27 +35,9 @@ TEXT_COLOR = (0, 0, 0)
 PathLike = str | os.PathLike[str]
 
 
-def _describe(value: object) -> str:
-    if isinstance(value, (Tensor, np.ndarray)):
-        kind = "tensor" if isinstance(value, Tensor) else "numpy array"
-        return f"a {kind} of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return f"{type(value).__name__} {value!r}"[:200]
-
-
-def _as_numpy(name: str, value: object, expected: str) -> np.ndarray:
-    if isinstance(value, Tensor):
-        return value.detach().cpu().numpy()
-    if isinstance(value, (np.ndarray, list, tuple)):
-        try:
-            return np.asarray(value)
-        except ValueError as error:  # ragged nested sequences
-            raise TypeError(f"{name} must be {expected}, got a ragged sequence") from error
-    raise TypeError(f"{name} must be {expected}, got {_describe(value)}")
-
-
 def _as_ids(name: str, value: object, length: int, like: str) -> np.ndarray:
     expected = "a 1-D integer array, tensor or sequence of ids"
-    ids = _as_numpy(name, value, expected)
+    ids = _as_np(name, value, expected)
     if ids.dtype.kind not in "iu" and not (ids.size == 0 and ids.dtype.kind == "f"):
         raise TypeError(f"{name} must be {expected}, got {_describe(ids)}")
     if ids.ndim != 1 or ids.shape[0] != length:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metareid.viz._checks import describe as _describe
+
 __all__ = ["tsne"]
 
 _MIN_POINTS = 4  # the smallest N for which the clamped perplexity (N - 1) / 3 is >= 1
@@ -40,13 +42,6 @@ _BISECTION_STEPS = 200
 # large on accelerators where kernel launches, not memory traffic, are the cost.
 _BLOCK_ELEMENTS_CPU = 1 << 18
 _BLOCK_ELEMENTS_ACCELERATOR = 1 << 26
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, (Tensor, np.ndarray)):
-        kind = "tensor" if isinstance(value, Tensor) else "numpy array"
-        return f"a {kind} of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return f"{type(value).__name__} {value!r}"[:200]
 
 
 def _as_features(features: object) -> Tensor:

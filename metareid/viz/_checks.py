@@ -1,0 +1,26 @@
+"""Argument checks shared by the visualisation functions."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import Tensor
+
+
+def describe(value: object) -> str:
+    """A short description of ``value`` for error messages."""
+    if isinstance(value, (Tensor, np.ndarray)):
+        kind = "tensor" if isinstance(value, Tensor) else "numpy array"
+        return f"a {kind} of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}"[:200]
+
+
+def as_numpy(name: str, value: object, expected: str) -> np.ndarray:
+    """``value`` (tensor, array, list or tuple) as a numpy array, or a ``TypeError``."""
+    if isinstance(value, Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, (np.ndarray, list, tuple)):
+        try:
+            return np.asarray(value)
+        except ValueError as error:  # ragged nested sequences
+            raise TypeError(f"{name} must be {expected}, got a ragged sequence") from error
+    raise TypeError(f"{name} must be {expected}, got {describe(value)}")

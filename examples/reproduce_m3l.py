@@ -4,7 +4,7 @@ With no arguments: writes the built-in synthetic multi-domain benchmark (four do
 differ in style) to ``./data/synthetic``, then trains the baseline, meta-learning without
 MetaBN and full M3L leave-one-domain-out (each domain once as the unseen target, the other
 three as sources) with a CPU-sized ResNet-10, and prints a results table like Table 3.
-Takes about ten minutes on two CPU cores; ``--smoke`` does the same on one target with a
+Takes about nine minutes on two CPU cores; ``--smoke`` does the same on one target with a
 few iterations in about a minute.
 
 On the real datasets (layouts in docs/data.md)::

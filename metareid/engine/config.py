@@ -69,6 +69,9 @@ class TrainConfig:
     share_lambda: bool = True
     inner_optimizer: Literal["adam", "sgd"] = "adam"
     inner_state: Literal["fresh", "continue"] = "fresh"
+    inner_eps: float | None = field(
+        default=None, metadata={"help": "Adam eps of the inner step; unset: the outer eps"}
+    )
     first_order: bool = False
     backend: Literal["higher", "func"] = "higher"
     # optimisation
@@ -123,6 +126,12 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.inner_eps is not None and (
+            isinstance(self.inner_eps, bool)
+            or not isinstance(self.inner_eps, (int, float))
+            or not self.inner_eps > 0
+        ):
+            raise ValueError(f"inner_eps must be None or a number > 0, got {self.inner_eps!r}")
         for name in ("lr", "temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -243,5 +252,6 @@ def _base_type(tp: Any) -> type:
     if origin in (tuple, Sequence):
         return tuple
     if origin in (typing.Union, types.UnionType):
-        return str
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 and isinstance(args[0], type) else str
     return tp if isinstance(tp, type) else str

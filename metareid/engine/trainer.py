@@ -188,6 +188,7 @@ class Trainer:
                 self.optimizer,
                 inner_optimizer=cfg.inner_optimizer,
                 inner_state=cfg.inner_state,
+                inner_eps=cfg.inner_eps,
                 first_order=cfg.first_order,
                 backend=cfg.backend,
                 generator=self.meta_generator,

@@ -30,10 +30,12 @@ def test_file_round_trip_and_flags_override(tmp_path):
     parser = argparse.ArgumentParser()
     TrainConfig.add_arguments(parser)
     args = parser.parse_args(
-        ["--epochs", "7", "--no-triplet", "--milestones", "2", "5", "--method", "baseline"]
+        "--epochs 7 --no-triplet --milestones 2 5 --method baseline --inner-eps 3e-7".split()
     )
     new = TrainConfig.from_args(args, cfg)
     assert (new.epochs, new.triplet, new.milestones, new.method) == (7, False, (2, 5), "baseline")
+    assert new.inner_eps == 3e-7 and isinstance(new.inner_eps, float)
+    assert TrainConfig.from_args(parser.parse_args([]), cfg).inner_eps is None
     assert new.sources == ("a", "b")  # untouched fields keep the file's values
 
 
@@ -48,6 +50,8 @@ def test_file_round_trip_and_flags_override(tmp_path):
         (dict(target="msmt17"), "target 'msmt17' is also a source"),
         (dict(id_loss="none", triplet=False), "no loss"),
         (dict(num_instances=1), "num_instances must be >= 2"),
+        (dict(inner_eps=0.0), "inner_eps must be None or a number > 0, got 0.0"),
+        (dict(inner_eps="1e-8"), "inner_eps must be None or a number > 0, got '1e-8'"),
     ],
 )
 def test_bad_values_name_the_field(kwargs, match):

@@ -23,6 +23,7 @@ SWITCHES = [
         method="m3l", memory_update="sequential", metabn_scale="var", memory_update_timing="after"
     ),
     dict(method="m3l", first_order=True, backend="func", inner_state="continue"),
+    dict(method="meta", inner_eps=1e-6),
 ]
 
 
@@ -34,6 +35,12 @@ def test_every_switch_trains_and_evaluates(tiny_bench, tiny_config, tmp_path, sw
     trainer = Trainer(cfg, log=lambda s: None)
     neck_is_metabn = isinstance(trainer.model.neck, MetaBN)
     assert neck_is_metabn == (cfg.method == "m3l")
+    if cfg.method != "baseline":
+        assert trainer.learner is not None
+        assert (trainer.learner.inner_eps, trainer.learner.inner_state) == (
+            cfg.inner_eps,
+            cfg.inner_state,
+        )
     before = [m.features.clone() for m in trainer.memories]
     result = trainer.fit()
     assert 0.0 <= result.final.mAP <= 100.0 and result.final.epoch == 1

@@ -209,7 +209,7 @@ def test_learner_matches_finite_differences_directly(backend):
         new = [p - 0.1 * (g + 1e-3 * p) for p, g in zip(theta, gr)]
         x, y = batches[0]
         l_mte = criterion(functional_call(model, {**dict(zip(names, new)), **bufs}, (x,)), y)
-        return float(l_mtr + l_mte)
+        return float((l_mtr + l_mte).detach())
 
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     h = 1e-6

@@ -6,7 +6,7 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -198,6 +198,8 @@ class Trainer:
         self.evaluations: list[EvalResult] = []
         self._stash: list[tuple[int, Tensor, Tensor]] = []
         self._parts: dict[str, list[float]] = {}
+        self.loss_history: list[float] = []  # epoch means of the watched training loss
+        self._warned_growth = False
         self.last_features: tuple[Tensor, ...] | None = None
 
     # ------------------------------------------------------------------ building
@@ -326,6 +328,7 @@ class Trainer:
                 **{k: float(np.mean(v)) for k, v in self._parts.items()},
             }
             logf.write(json.dumps(rec) + "\n")
+            self._watch_loss(rec, logf)
         self._parts.clear()
         self.scheduler.step()
         self.epoch += 1
@@ -345,6 +348,30 @@ class Trainer:
             return 100.0 * float(cmc[min(k, len(cmc)) - 1])
 
         return EvalResult(self.epoch, 100.0 * res.mAP, rank(1), rank(5), rank(10), 100.0 * res.mINP)
+
+    def _watch_loss(self, rec: dict[str, Any], logf: Any) -> None:
+        """Warn once when the epoch-mean training loss keeps growing (see _loss_is_growing)."""
+        key = "meta_train_loss" if "meta_train_loss" in rec else "loss"
+        self.loss_history.append(float(rec[key]))
+        if self._warned_growth or not _loss_is_growing(self.loss_history):
+            return
+        self._warned_growth = True
+        cfg = self.cfg
+        best, last = min(self.loss_history[:-2]), self.loss_history[-1]
+        hint = "lower --lr"
+        if cfg.method != "baseline" and not cfg.first_order and cfg.inner_state == "fresh":
+            hint = (
+                "the exact second-order step through a fresh Adam inner step can do this "
+                "(docs/meta_learner.md, 'Stability of the second-order step'); try "
+                "--inner-state continue or --first-order"
+            )
+        message = (
+            f"the epoch-mean {key} grew from {best:.3f} to {last:.3f} and stayed above "
+            f"{_GROWTH_RATIO:g}x its lowest value for 2 epochs: training is diverging; {hint}"
+        )
+        self.log(f"warning: {message}")
+        logf.write(json.dumps({"kind": "warning", "epoch": self.epoch, "message": message}))
+        logf.write("\n")
 
     # ------------------------------------------------------------------ one iteration
     def _iteration(self, batches: list[dict[str, Any]]) -> dict[str, float]:
@@ -435,6 +462,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "evaluations": [e.as_dict() for e in self.evaluations],
+            "loss_history": list(self.loss_history),
+            "warned_growth": self._warned_growth,
             "rng": rng,
         }
 
@@ -461,6 +490,8 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.iteration = int(state["iteration"])
         self.evaluations = [EvalResult(**e) for e in state["evaluations"]]
+        self.loss_history = [float(v) for v in state.get("loss_history", [])]
+        self._warned_growth = bool(state.get("warned_growth", False))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"].cpu())
         self.meta_generator.set_state(rng["meta"].cpu())
@@ -543,6 +574,27 @@ class Trainer:
                 self.log(f"wrote {path}")
         except ImportError as exc:
             self.log(f"pictures skipped ({exc}); pip install 'metareid[viz]'")
+
+
+_GROWTH_RATIO = 1.25
+
+
+def _loss_is_growing(history: Sequence[float], patience: int = 2) -> bool:
+    """True when the last ``patience`` values all exceed 1.25x the lowest value before them.
+
+    The trainer calls this on the epoch means of the training loss (``meta_train_loss`` for
+    meta-learning) and logs one warning the first time it is true.
+
+    Example:
+        >>> _loss_is_growing([12.2, 11.2, 16.3, 18.1])
+        True
+        >>> _loss_is_growing([12.1, 8.8, 7.8, 7.4, 9.0])
+        False
+    """
+    if len(history) <= patience:
+        return False
+    lowest = min(history[:-patience])
+    return all(v > _GROWTH_RATIO * lowest for v in history[-patience:])
 
 
 def format_results(results: dict[str, TrainResult]) -> str:

@@ -136,3 +136,58 @@ def test_end_of_run_pictures(tiny_bench, tiny_config, tmp_path):
         path = tmp_path / "run" / name
         assert path.is_file() and path.stat().st_size > 1000, name
         assert any(name in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("history", "growing"),
+    [
+        ([12.2, 11.2, 16.3, 18.1], True),  # the diverging second-order run (docs)
+        ([6.9, 8.1, 8.6, 9.5, 10.1], True),  # from trained weights (docs)
+        ([6.9, 8.1, 8.6, 9.5], False),  # 8.6 < 1.25 * 6.9
+        ([6.9, 8.1, 8.6], False),  # 8.1 <= 1.25 * 6.9: only one epoch above
+        ([12.1, 8.8, 7.8, 7.4, 9.0], False),  # one bad epoch is not a trend
+        ([12.1, 8.8, 7.8, 7.4, 9.3, 9.4], True),
+        ([5.0, 5.0], False),  # too short to judge
+        ([5.0, float("nan"), float("nan")], False),
+    ],
+)
+def test_loss_growth_rule(history, growing):
+    from metareid.engine.trainer import _loss_is_growing
+
+    assert _loss_is_growing(history) is growing
+
+
+@pytest.mark.parametrize(
+    ("switches", "hint"),
+    [
+        (dict(method="m3l"), "--inner-state continue or --first-order"),
+        (dict(method="m3l", first_order=True), "lower --lr"),
+        (dict(method="baseline"), "lower --lr"),
+    ],
+)
+def test_growing_loss_is_warned_once_logged_and_resumed(
+    tiny_bench, tiny_config, tmp_path, switches, hint
+):
+    import io
+
+    lines: list[str] = []
+    cfg = tiny_config(tiny_bench, tmp_path / "run", **switches)
+    trainer = Trainer(cfg, log=lines.append)
+    key = "loss" if cfg.method == "baseline" else "meta_train_loss"
+    logf = io.StringIO()
+    for epoch, value in enumerate([12.2, 11.2, 16.3, 18.1, 19.0, 20.0]):
+        trainer.epoch = epoch
+        # For meta-learning the meta-train loss is watched, not the total.
+        trainer._watch_loss({"kind": "epoch", "loss": value + 1, key: value}, logf)
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert f"{key} grew from 11.200 to 18.100" in warnings[0] and hint in warnings[0]
+    records = [json.loads(line) for line in logf.getvalue().splitlines()]
+    assert [(r["kind"], r["epoch"]) for r in records] == [("warning", 3)]
+    # The history travels with checkpoints: a resumed run neither forgets nor re-warns.
+    state = trainer.state_dict()
+    resumed = Trainer(cfg, log=lines.append)
+    resumed.load_state(state)
+    assert resumed.loss_history == [12.2, 11.2, 16.3, 18.1, 19.0, 20.0]
+    resumed._watch_loss({"kind": "epoch", key: 30.0}, logf)
+    assert len([line for line in lines if line.startswith("warning:")]) == 1

@@ -15,6 +15,7 @@ Two backends compute the same thing:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -203,7 +204,10 @@ def higher_inner_step(
         # Trainable parameters the optimizer does not track are not moved.
         return [g if i in by_index else None for i, g in enumerate(grads)]
 
-    new = diffopt.step(loss, params=params, grad_callback=keep_inner)
+    # First order: the update is a constant, so it is computed without recording a graph
+    # (otherwise every Adam intermediate stays alive until the step returns).
+    with torch.no_grad() if first_order else contextlib.nullcontext():
+        new = diffopt.step(loss, params=params, grad_callback=keep_inner)
     fast = list(new)
     if first_order:  # higher returns detached leaves; unchanged ones become the originals
         fast = [

@@ -113,14 +113,15 @@ class MultiSourceDataset:
                  0 | toy        |     1 |        1 |         1 |         0
              total |            |     1 |        1 |           |
         """
-        lines = ["domain | name       | # ids | # images | # cameras | id offset"]
+        w = max([10, *(len(n) for n in self.names)])  # the name column fits every name
+        lines = [f"domain | {'name':<{w}} | # ids | # images | # cameras | id offset"]
         for domain, (name, stats) in enumerate(zip(self.names, self.domain_stats(), strict=True)):
             lines.append(
-                f"{domain:6d} | {name:<10} | {stats.num_pids:5d} | {stats.num_imgs:8d} | "
+                f"{domain:6d} | {name:<{w}} | {stats.num_pids:5d} | {stats.num_imgs:8d} | "
                 f"{stats.num_cams:9d} | {self.pid_offsets[domain]:9d}"
             )
         lines.append(
-            f" total | {'':<10} | {self.num_combined_classes:5d} | "
+            f" total | {'':<{w}} | {self.num_combined_classes:5d} | "
             f"{len(self.combined_train):8d} | {'':9} |"
         )
         return "\n".join(lines)

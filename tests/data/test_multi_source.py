@@ -40,6 +40,11 @@ def test_names_summary_and_errors() -> None:
     ms = MultiSourceDataset([dataset([1]), dataset([2, 3])], names=["a", "b"])
     assert ms.names == ("a", "b")
     assert "b" in ms.summary() and "MultiSourceDataset" in repr(ms)
+    long = MultiSourceDataset([dataset([1]), dataset([2, 3])], names=["synthetic:0", "m" * 25])
+    lines = long.summary().splitlines()
+    assert len(lines) == 4 and "m" * 25 in lines[2]
+    bars = {tuple(i for i, c in enumerate(line) if c == "|")[:5] for line in lines}
+    assert len(bars) == 1  # every row's columns line up, however long the names
     with pytest.raises(ValueError, match="at least one"):
         MultiSourceDataset([])
     with pytest.raises(ValueError, match="names must have one entry per dataset"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -18,25 +19,38 @@ __all__ = [
     "check_choice",
     "check_features",
     "check_finite",
+    "check_int",
     "check_labels",
     "check_memory",
     "check_positive_finite",
     "check_positive_int",
     "check_unit_interval",
+    "describe",
     "format_ids",
 ]
 
 
-def _describe(value: object) -> str:
-    if isinstance(value, Tensor):
-        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return repr(value)
+def describe(value: object) -> str:
+    """A short description of ``value`` for error messages (shape and dtype of arrays)."""
+    if isinstance(value, (Tensor, np.ndarray)):
+        kind = "tensor" if isinstance(value, Tensor) else "numpy array"
+        return f"a {kind} of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}"[:200]
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    """Return ``value`` as an int if it is an integer (NumPy ones too, bool excluded) >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {describe(value)}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
 
 
 def check_choice(name: str, value: object, choices: Collection[str]) -> str:
     """Return ``value`` if it is one of ``choices``, raise otherwise."""
     if not isinstance(value, str):
-        raise TypeError(f"{name} must be one of {sorted(choices)}, got {_describe(value)}")
+        raise TypeError(f"{name} must be one of {sorted(choices)}, got {describe(value)}")
     if value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
     return value
@@ -45,7 +59,7 @@ def check_choice(name: str, value: object, choices: Collection[str]) -> str:
 def check_positive_int(name: str, value: object) -> int:
     """Return ``value`` if it is an int >= 1 (bool excluded), raise otherwise."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= 1, got {_describe(value)}")
+        raise TypeError(f"{name} must be an int >= 1, got {describe(value)}")
     if value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value}")
     return value
@@ -53,7 +67,7 @@ def check_positive_int(name: str, value: object) -> int:
 
 def _check_real(name: str, value: object, expected: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be {expected}, got {_describe(value)}")
+        raise TypeError(f"{name} must be {expected}, got {describe(value)}")
     return float(value)
 
 
@@ -87,7 +101,7 @@ def check_features(name: str, value: object, dim: int | None = None) -> Tensor:
         ``value``, unchanged.
     """
     if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, D), got {_describe(value)}")
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, D), got {describe(value)}")
     if not value.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
     expected = "(B, D)" if dim is None else f"(B, {dim})"
@@ -101,7 +115,7 @@ def check_features(name: str, value: object, dim: int | None = None) -> Tensor:
 def check_memory(name: str, value: object) -> Tensor:
     """Check that ``value`` is a floating-point tensor of shape (C, D) with C, D >= 1."""
     if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (C, D), got {_describe(value)}")
+        raise TypeError(f"{name} must be a torch.Tensor of shape (C, D), got {describe(value)}")
     if not value.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
     if value.dim() != 2 or value.numel() == 0:
@@ -128,7 +142,7 @@ def check_labels(
         ``value``, unchanged.
     """
     if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B,), got {_describe(value)}")
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B,), got {describe(value)}")
     if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor (e.g. torch.long), got {value.dtype}")
     if value.dim() != 1 and batch_size is None:

@@ -69,20 +69,13 @@ def build_train_transform(
     check_unit_interval("random_erasing_prob", random_erasing_prob)
     if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
         raise ValueError(f"padding must be an int >= 0, got {padding!r}")
-    steps: list[v2.Transform] = [
-        v2.Resize((height, width), interpolation=InterpolationMode.BICUBIC, antialias=True),
-        v2.RandomHorizontalFlip(p=flip_prob),
-    ]
+    steps: list[v2.Transform] = [_resize(height, width), v2.RandomHorizontalFlip(p=flip_prob)]
     if padding > 0:
         steps += [v2.Pad(padding, fill=0), v2.RandomCrop((height, width))]
     if color_jitter is not None:
         brightness, contrast, saturation, hue = color_jitter
         steps.append(v2.ColorJitter(brightness, contrast, saturation, hue))
-    steps += [
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(mean), std=list(std)),
-    ]
+    steps += _to_normalized_tensor(mean, std)
     if random_erasing_prob > 0:
         steps.append(v2.RandomErasing(p=random_erasing_prob, value=0))
     return v2.Compose(steps)
@@ -112,11 +105,17 @@ def build_test_transform(
         (torch.Size([3, 32, 16]), 2.2489)
     """
     height, width = _check_size(size)
-    return v2.Compose(
-        [
-            v2.Resize((height, width), interpolation=InterpolationMode.BICUBIC, antialias=True),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(mean), std=list(std)),
-        ]
-    )
+    return v2.Compose([_resize(height, width), *_to_normalized_tensor(mean, std)])
+
+
+# Shared by the train and test pipelines, so that both resize and normalise identically.
+def _resize(height: int, width: int) -> v2.Transform:
+    return v2.Resize((height, width), interpolation=InterpolationMode.BICUBIC, antialias=True)
+
+
+def _to_normalized_tensor(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
+    return [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(mean), std=list(std)),
+    ]

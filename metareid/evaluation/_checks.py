@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metareid._validation import check_int, describe
+
 __all__ = [
     "as_distances",
     "as_features",
@@ -20,19 +22,12 @@ __all__ = [
 ]
 
 
-def _describe(value: object) -> str:
-    if isinstance(value, (Tensor, np.ndarray)):
-        kind = "tensor" if isinstance(value, Tensor) else "numpy array"
-        return f"a {kind} of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return f"{type(value).__name__} {value!r}"[:200]
-
-
 def _to_tensor(name: str, value: object, expected: str) -> Tensor:
     if isinstance(value, Tensor):
         return value.detach()
     if isinstance(value, np.ndarray):
         if value.dtype == object or value.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must be {expected}, got {_describe(value)}")
+            raise TypeError(f"{name} must be {expected}, got {describe(value)}")
         return torch.from_numpy(np.ascontiguousarray(value))
     if isinstance(value, (list, tuple)):
         try:
@@ -42,9 +37,9 @@ def _to_tensor(name: str, value: object, expected: str) -> Tensor:
                 f"{name} must be {expected}, got a ragged {type(value).__name__}"
             ) from error
         if array.dtype == object or array.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must be {expected}, got {_describe(value)}")
+            raise TypeError(f"{name} must be {expected}, got {describe(value)}")
         return torch.from_numpy(array)
-    raise TypeError(f"{name} must be {expected}, got {_describe(value)}")
+    raise TypeError(f"{name} must be {expected}, got {describe(value)}")
 
 
 def as_ids(name: str, value: object, length: int | None = None, like: str = "") -> Tensor:
@@ -111,6 +106,24 @@ def as_features(name: str, value: object, dim: int | None = None) -> Tensor:
     return feats
 
 
+def as_feature_pair(x_name: str, x: object, y_name: str, y: object) -> tuple[Tensor, Tensor]:
+    """Two feature matrices with the same width, on one device, in one dtype, finite.
+
+    The dtype is the promotion of both (after :func:`as_features`' float16 upcast).
+    """
+    xt = as_features(x_name, x)
+    yt = as_features(y_name, y, dim=xt.shape[1])
+    if xt.device != yt.device:
+        raise ValueError(
+            f"{x_name} and {y_name} must be on the same device, got {xt.device} and {yt.device}"
+        )
+    dtype = torch.promote_types(xt.dtype, yt.dtype)
+    xt, yt = xt.to(dtype), yt.to(dtype)
+    check_finite_tensor(x_name, xt)
+    check_finite_tensor(y_name, yt)
+    return xt, yt
+
+
 def check_finite_tensor(name: str, value: Tensor) -> None:
     """Raise ``ValueError`` if ``value`` holds NaN or infinite entries."""
     low_high = torch.aminmax(value) if value.numel() else None
@@ -130,8 +143,4 @@ def check_finite_tensor(name: str, value: Tensor) -> None:
 
 def check_nonnegative_int(name: str, value: object) -> int:
     """Return ``value`` if it is an int >= 0 (bool excluded), raise otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= 0, got {_describe(value)}")
-    if value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value}")
-    return int(value)
+    return check_int(name, value, 0)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from metareid._validation import check_choice, check_positive_int
-from metareid.evaluation._checks import as_features, check_finite_tensor
+from metareid.evaluation._checks import as_feature_pair
 from metareid.evaluation._threads import single_threaded
 
 __all__ = ["METRICS", "Metric", "compute_distance", "iter_distance_chunks"]
@@ -105,14 +105,7 @@ def _prepare(
 ) -> tuple[PairwiseDistance, int]:
     name = check_choice("metric", metric, METRICS)
     size = check_positive_int("chunk_size", chunk_size)
-    xt = as_features("x", x)
-    yt = as_features("y", y, dim=xt.shape[1])
-    if xt.device != yt.device:
-        raise ValueError(f"x and y must be on the same device, got {xt.device} and {yt.device}")
-    dtype = torch.promote_types(xt.dtype, yt.dtype)
-    xt, yt = xt.to(dtype), yt.to(dtype)
-    check_finite_tensor("x", xt)
-    check_finite_tensor("y", yt)
+    xt, yt = as_feature_pair("x", x, "y", y)
     return PairwiseDistance(xt, yt, name), size
 
 

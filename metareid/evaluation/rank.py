@@ -30,7 +30,7 @@ from torch import Tensor
 from metareid._validation import check_choice, check_positive_int, check_unit_interval
 from metareid.evaluation._checks import (
     as_distances,
-    as_features,
+    as_feature_pair,
     as_ids,
     check_finite_tensor,
     check_nonnegative_int,
@@ -256,21 +256,11 @@ def evaluate_features(
     k1 = check_positive_int("k1", k1)
     k2 = check_positive_int("k2", k2)
     lambda_value = check_unit_interval("lambda_value", lambda_value)
-    qf = as_features("query_feats", query_feats)
-    gf = as_features("gallery_feats", gallery_feats, dim=qf.shape[1])
-    if qf.device != gf.device:
-        raise ValueError(
-            f"query_feats and gallery_feats must be on the same device, "
-            f"got {qf.device} and {gf.device}"
-        )
-    dtype = torch.promote_types(qf.dtype, gf.dtype)
-    qf, gf = qf.to(dtype), gf.to(dtype)
+    qf, gf = as_feature_pair("query_feats", query_feats, "gallery_feats", gallery_feats)
     num_q, num_g = qf.shape[0], gf.shape[0]
     q_pids_t, g_pids_t, q_cams_t, g_cams_t = _check_ids(
         q_pids, g_pids, q_camids, g_camids, num_q, num_g
     )
-    check_finite_tensor("query_feats", qf)
-    check_finite_tensor("gallery_feats", gf)
 
     gallery = GalleryIndex(g_pids_t, g_cams_t)
     market = MarketAccumulator(gallery, max_rank)
@@ -291,7 +281,7 @@ def evaluate_features(
     else:
         engine = PairwiseDistance(qf, gf, metric)
         _check_distance_range(engine)
-        buffer = torch.empty(min(chunk_size, num_q), num_g, dtype=dtype, device=qf.device)
+        buffer = torch.empty(min(chunk_size, num_q), num_g, dtype=qf.dtype, device=qf.device)
         for start in range(0, num_q, chunk_size):
             stop = min(start + chunk_size, num_q)
             dist = engine.products(start, stop, buffer[: stop - start])

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from metareid._validation import check_choice, check_positive_int, check_unit_interval
-from metareid.evaluation._checks import as_features, check_finite_tensor
+from metareid.evaluation._checks import as_feature_pair
 from metareid.evaluation._threads import single_threaded
 from metareid.evaluation.distance import METRICS, Metric, PairwiseDistance
 
@@ -162,17 +162,7 @@ class KReciprocalReranker:
         self.lambda_value = check_unit_interval("lambda_value", lambda_value)
         self.metric = check_choice("metric", metric, METRICS)
         self.chunk_size = check_positive_int("chunk_size", chunk_size)
-        qf = as_features("query_feats", query_feats)
-        gf = as_features("gallery_feats", gallery_feats, dim=qf.shape[1])
-        if qf.device != gf.device:
-            raise ValueError(
-                f"query_feats and gallery_feats must be on the same device, "
-                f"got {qf.device} and {gf.device}"
-            )
-        dtype = torch.promote_types(qf.dtype, gf.dtype)
-        qf, gf = qf.to(dtype), gf.to(dtype)
-        check_finite_tensor("query_feats", qf)
-        check_finite_tensor("gallery_feats", gf)
+        qf, gf = as_feature_pair("query_feats", query_feats, "gallery_feats", gallery_feats)
         self.num_query, self.num_gallery = qf.shape[0], gf.shape[0]
         num = self.num_query + self.num_gallery
         # distance engines: (rows of q or g) x (columns of q or g)

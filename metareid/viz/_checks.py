@@ -5,13 +5,9 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
+from metareid._validation import describe
 
-def describe(value: object) -> str:
-    """A short description of ``value`` for error messages."""
-    if isinstance(value, (Tensor, np.ndarray)):
-        kind = "tensor" if isinstance(value, Tensor) else "numpy array"
-        return f"a {kind} of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return f"{type(value).__name__} {value!r}"[:200]
+__all__ = ["as_numpy", "describe"]
 
 
 def as_numpy(name: str, value: object, expected: str) -> np.ndarray:

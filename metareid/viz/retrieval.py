@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from metareid._validation import check_int
 from metareid.viz._checks import as_numpy as _as_np
 from metareid.viz._checks import describe as _describe
 
@@ -54,14 +55,6 @@ def _as_paths(name: str, value: object, length: int, like: str) -> list[PathLike
         if not isinstance(item, (str, os.PathLike)):
             raise TypeError(f"{name}[{index}] must be a str or os.PathLike, got {_describe(item)}")
     return list(value)
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {_describe(value)}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
 
 
 def _valid_queries(
@@ -180,9 +173,9 @@ def retrieval_grid(
     gp = _as_ids("g_pids", g_pids, num_g, "distmat.shape[1]")
     qc = _as_ids("q_camids", q_camids, num_q, "distmat.shape[0]")
     gc = _as_ids("g_camids", g_camids, num_g, "distmat.shape[1]")
-    num_queries = _check_int("num_queries", num_queries, 1)
-    topk = _check_int("topk", topk, 1)
-    seed = _check_int("seed", seed, 0)
+    num_queries = check_int("num_queries", num_queries, 1)
+    topk = check_int("topk", topk, 1)
+    seed = check_int("seed", seed, 0)
     if (
         not isinstance(image_size, (tuple, list))
         or len(image_size) != 2

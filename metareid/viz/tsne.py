@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metareid._validation import check_int
 from metareid.viz._checks import describe as _describe
 
 __all__ = ["tsne"]
@@ -72,14 +73,6 @@ def _as_features(features: object) -> Tensor:
             f"in an array of shape {tuple(x.shape)}"
         )
     return x
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {_describe(value)}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
 
 
 def _check_real(name: str, value: object, minimum: float, strict: bool = False) -> float:
@@ -302,14 +295,14 @@ def tsne(
         ((40, 2), True)
     """
     x = _as_features(features)
-    dim = _check_int("dim", dim, 1)
+    dim = check_int("dim", dim, 1)
     perplexity = _check_real("perplexity", perplexity, 1.0)
-    iterations = _check_int("iterations", iterations, 1)
-    seed = _check_int("seed", seed, 0)
+    iterations = check_int("iterations", iterations, 1)
+    seed = check_int("seed", seed, 0)
     if pca_dim is not None:
-        pca_dim = _check_int("pca_dim", pca_dim, 1)
+        pca_dim = check_int("pca_dim", pca_dim, 1)
     early_exaggeration = _check_real("early_exaggeration", early_exaggeration, 1.0)
-    exaggeration_iterations = _check_int("exaggeration_iterations", exaggeration_iterations, 0)
+    exaggeration_iterations = check_int("exaggeration_iterations", exaggeration_iterations, 0)
     n = x.shape[0]
     if isinstance(learning_rate, str):
         if learning_rate != "auto":

@@ -7,42 +7,12 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_loops import loop_mean_update as _loop_mean_update
+from reference_loops import loop_memory_init as _loop_init
+from reference_loops import loop_sequential_update as _loop_sequential_update
 from torch import Tensor
 
 from metareid.functional import memory_init, memory_logits, memory_update
-
-
-def _loop_init(features: torch.Tensor, labels: torch.Tensor, num_ids: int) -> torch.Tensor:
-    sums = [torch.zeros(features.shape[1], dtype=features.dtype) for _ in range(num_ids)]
-    counts = [0] * num_ids
-    for feature, label in zip(features, labels.tolist(), strict=True):
-        sums[label] = sums[label] + feature
-        counts[label] += 1
-    rows = [s / c for s, c in zip(sums, counts, strict=True)]
-    return torch.stack([r / r.norm() for r in rows])
-
-
-def _loop_mean_update(memory: Tensor, features: Tensor, labels: Tensor, momentum: float) -> Tensor:
-    memory = memory.clone()
-    sums: dict[int, torch.Tensor] = {}
-    counts: dict[int, int] = {}
-    for feature, label in zip(features, labels.tolist(), strict=True):
-        sums[label] = sums.get(label, torch.zeros_like(feature)) + feature
-        counts[label] = counts.get(label, 0) + 1
-    for label, total in sums.items():
-        row = momentum * memory[label] + (1 - momentum) * total / counts[label]
-        memory[label] = row / row.norm()
-    return memory
-
-
-def _loop_sequential_update(
-    memory: Tensor, features: Tensor, labels: Tensor, momentum: float
-) -> Tensor:
-    memory = memory.clone()
-    for feature, label in zip(features, labels.tolist(), strict=True):
-        row = momentum * memory[label] + (1 - momentum) * feature
-        memory[label] = row / row.norm()
-    return memory
 
 
 def _batch(

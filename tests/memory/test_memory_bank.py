@@ -8,30 +8,13 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_loops import loop_mean_update as _loop_mean_update
+from reference_loops import loop_sequential_update as _loop_sequential_update
 from torch import Tensor
 
 from metareid.memory import MemoryBank
 
 NUM_IDS, DIM = 5, 4
-
-
-def _loop_mean_update(memory: Tensor, features: Tensor, labels: Tensor, momentum: float) -> Tensor:
-    memory = memory.clone()
-    for label in sorted(set(labels.tolist())):
-        members = [f for f, y in zip(features, labels.tolist(), strict=True) if y == label]
-        row = momentum * memory[label] + (1 - momentum) * sum(members) / len(members)
-        memory[label] = row / row.norm()
-    return memory
-
-
-def _loop_sequential_update(
-    memory: Tensor, features: Tensor, labels: Tensor, momentum: float
-) -> Tensor:
-    memory = memory.clone()
-    for feature, label in zip(features, labels.tolist(), strict=True):
-        row = momentum * memory[label] + (1 - momentum) * feature
-        memory[label] = row / row.norm()
-    return memory
 
 
 @pytest.fixture

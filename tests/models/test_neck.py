@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,15 +11,6 @@ from metareid import HardTripletLoss, MemoryBank, MemoryIDLoss, MetaBN, MetaLear
 from metareid.models import ReIDModel, ReIDOutput, ResNetBackbone, build_model
 
 C = 8
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny convolutions run faster on one thread than on two shared ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _trunk(channels: int = C, bn: bool = True) -> nn.Sequential:

@@ -11,7 +11,7 @@ coupled L2 weight decay) on the same gradients.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -94,12 +94,10 @@ def adam_step(
     epss = _broadcast("eps", eps, n)
     wds = _broadcast("weight_decay", weight_decay, n)
     out: list[Tensor] = []
-    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+    for i, p, g in _coupled_grads(params, grads, wds):
         if g is None:
             out.append(p)
             continue
-        if wds[i] != 0:
-            g = g + wds[i] * p
         m0 = None if exp_avgs is None else exp_avgs[i]
         v0 = None if exp_avg_sqs is None else exp_avg_sqs[i]
         t = 1 + (0 if steps is None else float(steps[i]))
@@ -142,15 +140,17 @@ def sgd_step(
     n = len(params)
     lrs = _broadcast("lr", lr, n)
     wds = _broadcast("weight_decay", weight_decay, n)
-    out: list[Tensor] = []
+    return [p if g is None else p - lrs[i] * g for i, p, g in _coupled_grads(params, grads, wds)]
+
+
+def _coupled_grads(
+    params: Sequence[Tensor], grads: Sequence[Tensor | None], weight_decays: list[float]
+) -> Iterator[tuple[int, Tensor, Tensor | None]]:
+    """``(i, p, g + wd * p)`` per parameter (coupled L2 decay); ``g`` stays None if unused."""
     for i, (p, g) in enumerate(zip(params, grads, strict=True)):
-        if g is None:
-            out.append(p)
-            continue
-        if wds[i] != 0:
-            g = g + wds[i] * p
-        out.append(p - lrs[i] * g)
-    return out
+        if g is not None and weight_decays[i] != 0:
+            g = g + weight_decays[i] * p
+        yield i, p, g
 
 
 def _broadcast(name: str, value: float | Sequence[float], n: int) -> list[float]:

@@ -16,6 +16,7 @@ from metareid.losses.memory_id import MemoryIDLoss
 from metareid.losses.triplet import HardTripletLoss
 from metareid.memory.bank import MemoryBank
 from metareid.meta.learner import MetaLearner, MetaStepResult
+from metareid.meta.phase import Phase
 
 __version__ = "0.1.0.dev0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "MetaBN",
     "MetaLearner",
     "MetaStepResult",
+    "Phase",
     "__version__",
     "metabn_phase",
 ]

@@ -1,25 +1,33 @@
 """Training engine: the M3L trainer, its configuration, schedule and checkpoints."""
 
 from metareid.engine.checkpoint import load_checkpoint, save_checkpoint
-from metareid.engine.config import METHODS, TrainConfig
+from metareid.engine.config import METHODS, PRESETS, TrainConfig, preset_deviations
+from metareid.engine.objective import M3LObjective
 from metareid.engine.schedule import warmup_multistep_factor, warmup_multistep_scheduler
 from metareid.engine.trainer import (
     EvalResult,
     Trainer,
     TrainResult,
     build_dataset_from_spec,
+    describe_preset,
     format_results,
+    run_label,
 )
 
 __all__ = [
     "METHODS",
+    "PRESETS",
     "EvalResult",
+    "M3LObjective",
     "TrainConfig",
     "TrainResult",
     "Trainer",
     "build_dataset_from_spec",
+    "describe_preset",
     "format_results",
     "load_checkpoint",
+    "preset_deviations",
+    "run_label",
     "save_checkpoint",
     "warmup_multistep_factor",
     "warmup_multistep_scheduler",

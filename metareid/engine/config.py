@@ -12,10 +12,37 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-__all__ = ["METHODS", "TrainConfig"]
+__all__ = ["METHODS", "PRESETS", "TrainConfig", "preset_deviations"]
 
 METHODS = ("baseline", "meta", "m3l")
 ID_LOSSES = ("memory", "fc_global", "fc_domain", "none")
+
+#: The paper-versus-published-code switches, set together by ``preset``. Values follow
+#: ``shared/reference/official-code-notes.md``; the paper column is the method as written
+#: (where the paper is silent, e.g. on whether the mixtures share one lambda, the value is
+#: metareid's reading of the text: see docs/training.md, "Presets").
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "memory_update": "mean",
+        "memory_update_timing": "step",
+        "metabn_scale": "std",
+        "share_lambda": False,
+        "inner_optimizer": "adam",
+        "inner_state": "fresh",
+        "inner_eps_root": 0.0,
+        "first_order": False,
+    },
+    "published": {
+        "memory_update": "sequential",
+        "memory_update_timing": "after",
+        "metabn_scale": "var",
+        "share_lambda": True,
+        "inner_optimizer": "adam",
+        "inner_state": "fresh",
+        "inner_eps_root": 1e-5,
+        "first_order": False,
+    },
+}
 
 
 @dataclass
@@ -30,6 +57,16 @@ class TrainConfig:
     (``"mean"`` paper / ``"sequential"`` code), ``metabn_scale`` (``"std"`` paper / ``"var"``
     code), ``memory_update_timing`` (``"step"``: with the features of the step, paper;
     ``"after"``: an extra no-grad forward of all source batches after the outer step, code).
+
+    ``preset`` (``"paper"`` / ``"published"``) sets all of these switches, and the inner
+    step's, at once (see :data:`PRESETS`) when a config is built with :meth:`from_dict`,
+    :meth:`from_file` or :meth:`from_args`; keys or flags given explicitly override it.
+    The constructor records ``preset`` but applies nothing;
+    :func:`preset_deviations` lists where a config departs from its preset.
+
+    Numerics: ``amp="off"`` (default) trains, initialises memories and extracts features
+    in float32, as the paper's numbers were obtained; ``"bf16"`` autocasts to bfloat16,
+    ``"fp16"`` to float16 with a ``torch.amp.GradScaler`` that the meta step honours.
 
     Dataset specs are registry names with an optional ``:argument``: ``market1501``,
     ``dukemtmc``, ``cuhk03np`` (``cuhk03np:labeled``), ``cuhk03`` (old protocol),
@@ -72,6 +109,13 @@ class TrainConfig:
     inner_eps: float | None = field(
         default=None, metadata={"help": "Adam eps of the inner step; unset: the outer eps"}
     )
+    inner_eps_root: float = field(
+        default=1e-5,
+        metadata={
+            "help": "added to Adam's bias-corrected 2nd moment inside the sqrt of the inner "
+            "step; 1e-5 = the published code's step, 0 = torch.optim.Adam's"
+        },
+    )
     first_order: bool = False
     backend: Literal["higher", "func"] = "higher"
     # optimisation
@@ -91,11 +135,15 @@ class TrainConfig:
     output_dir: str = "runs/m3l"
     seed: int = 0
     device: str = "auto"
-    amp: Literal["auto", "on", "off"] = "auto"
+    amp: Literal["off", "bf16", "fp16"] = "off"
     progress: bool = True
     log_every: int = 10
     plots: bool = True
     tag: str = field(default="", metadata={"help": "free text stored with the run"})
+    preset: Literal["none", "paper", "published"] = field(
+        default="none",
+        metadata={"help": "set every paper-vs-code switch at once; flags override it"},
+    )
 
     def __post_init__(self) -> None:
         self.sources = tuple(self.sources)
@@ -132,6 +180,14 @@ class TrainConfig:
             or not self.inner_eps > 0
         ):
             raise ValueError(f"inner_eps must be None or a number > 0, got {self.inner_eps!r}")
+        if (
+            isinstance(self.inner_eps_root, bool)
+            or not isinstance(self.inner_eps_root, (int, float))
+            or not 0 <= self.inner_eps_root < float("inf")
+        ):
+            raise ValueError(
+                f"inner_eps_root must be a finite number >= 0, got {self.inner_eps_root!r}"
+            )
         for name in ("lr", "temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -169,11 +225,29 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Build from a dict; unknown keys raise ``ValueError`` listing the valid ones."""
+        """Build from a dict; unknown keys raise ``ValueError`` listing the valid ones.
+
+        With a ``"preset"`` key, the preset's switches fill every key that ``data`` does
+        not give.
+
+        Example:
+            >>> cfg = TrainConfig.from_dict({"preset": "published", "metabn_scale": "std"})
+            >>> cfg.memory_update, cfg.metabn_scale, preset_deviations(cfg)
+            ('sequential', 'std', {'metabn_scale': ('var', 'std')})
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; valid keys are {sorted(known)}")
+        data = dict(data)
+        preset = data.get("preset", "none")
+        if preset != "none":
+            if preset not in PRESETS:
+                raise ValueError(
+                    f"preset must be one of 'none', {', '.join(map(repr, PRESETS))}; got {preset!r}"
+                )
+            for key, value in PRESETS[preset].items():
+                data.setdefault(key, value)
         return cls(**data)
 
     @classmethod
@@ -232,11 +306,34 @@ class TrainConfig:
     def from_args(cls, args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
         """The ``base`` config (default: defaults) with every flag that was given applied."""
         data = (base or cls()).to_dict()
+        preset = getattr(args, "preset", None)
+        if preset is not None and preset != "none":
+            if preset not in PRESETS:
+                raise ValueError(f"preset must be one of {sorted(PRESETS)}; got {preset!r}")
+            data.update(PRESETS[preset])  # the preset over the base; flags over both
         for f in fields(cls):
             value = getattr(args, f.name, None)
             if value is not None:
                 data[f.name] = value
         return cls.from_dict(data)
+
+
+def preset_deviations(cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """``{switch: (preset value, actual value)}`` where ``cfg`` departs from its preset.
+
+    Empty for ``preset="none"`` and for a config that follows its preset exactly.
+
+    Example:
+        >>> preset_deviations(TrainConfig(preset="paper"))  # constructor: nothing applied
+        {'share_lambda': (False, True), 'inner_eps_root': (0.0, 1e-05)}
+    """
+    if cfg.preset == "none":
+        return {}
+    return {
+        key: (value, getattr(cfg, key))
+        for key, value in PRESETS[cfg.preset].items()
+        if getattr(cfg, key) != value
+    }
 
 
 def _literal_choices(tp: Any) -> tuple[Any, ...]:

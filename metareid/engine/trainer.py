@@ -13,7 +13,6 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metareid.data import (
@@ -27,7 +26,8 @@ from metareid.data import (
     build_train_transform,
 )
 from metareid.engine.checkpoint import load_checkpoint, save_checkpoint
-from metareid.engine.config import TrainConfig
+from metareid.engine.config import TrainConfig, preset_deviations
+from metareid.engine.objective import M3LObjective
 from metareid.engine.schedule import warmup_multistep_scheduler
 from metareid.evaluation import evaluate_features, extract_features
 from metareid.layers.metabn import MetaBN
@@ -37,7 +37,15 @@ from metareid.memory.bank import MemoryBank
 from metareid.meta.learner import MetaLearner
 from metareid.models import ReIDModel, build_model
 
-__all__ = ["EvalResult", "TrainResult", "Trainer", "build_dataset_from_spec"]
+__all__ = [
+    "EvalResult",
+    "TrainResult",
+    "Trainer",
+    "build_dataset_from_spec",
+    "describe_preset",
+    "format_results",
+    "run_label",
+]
 
 # Fields that may differ between a run and its resumption.
 _RESUMABLE_CHANGES = {"progress", "plots", "workers", "log_every", "device", "eval_batch_size"}
@@ -123,11 +131,14 @@ class Trainer:
     a plain step. Each domain's :class:`~metareid.MemoryBank` is initialised from the
     eval-mode features of its training set before training and updated every iteration.
 
-    With ``memory_update_timing="step"`` the memories are updated with the detached
-    features of the step's own forwards: the meta-train domains' features at ``Theta``,
-    and the meta-test domain's features at ``Theta'`` when no MetaBN mixing happened (a
-    MetaBN meta-test output is a mixture with other domains' statistics, so that domain's
-    memory waits for its next meta-train turn). ``"after"`` reproduces the published code.
+    The losses, the phase handling and the memory updates are those of
+    :class:`~metareid.engine.M3LObjective` (:attr:`objective`): with
+    ``memory_update_timing="step"`` the memories receive the detached features of the
+    step's own forwards, never a MetaBN mixture; ``"after"`` reproduces the published code.
+
+    Numerics follow ``config.amp``: float32 by default; ``"bf16"`` / ``"fp16"`` autocast
+    the training forwards, the memory initialisation and the evaluation features, and
+    ``"fp16"`` adds a ``torch.amp.GradScaler`` (stored in checkpoints).
 
     Checkpoints (``last.pt``) are written atomically after every epoch; ``fit(resume=True)``
     continues from them and, on CPU with a fixed seed, reproduces the uninterrupted run.
@@ -152,8 +163,13 @@ class Trainer:
         self.cfg = cfg = config
         self.log = log
         self.device = _resolve_device(cfg.device)
-        self.amp = cfg.amp == "on" or (
-            cfg.amp == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.amp_dtype: torch.dtype | None = {
+            "off": None,
+            "bf16": torch.bfloat16,
+            "fp16": torch.float16,
+        }[cfg.amp]
+        self.grad_scaler: torch.amp.GradScaler | None = (
+            torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
         )
         self.output_dir = Path(cfg.output_dir)
         _seed_everything(cfg.seed)
@@ -173,8 +189,18 @@ class Trainer:
             MemoryBank(n, feat_dim, momentum=cfg.memory_momentum, update=cfg.memory_update)
             for n in (self.sources.num_classes_per_domain if cfg.id_loss == "memory" else ())
         ).to(self.device)
-        self.memory_loss = MemoryIDLoss(temperature=cfg.temperature)
-        self.triplet_loss = HardTripletLoss(margin=cfg.margin)
+        self.objective = M3LObjective(
+            [cast(MemoryBank, m) for m in self.memories],
+            len(cfg.sources),
+            id_loss=cfg.id_loss,
+            triplet=cfg.triplet,
+            memory_loss=MemoryIDLoss(temperature=cfg.temperature),
+            triplet_loss=HardTripletLoss(margin=cfg.margin),
+            metabn=cfg.method == "m3l",
+            memory_update_timing=cfg.memory_update_timing,
+            pid_offsets=list(self.sources.pid_offsets),
+            autocast=self._autocast,
+        )
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = warmup_multistep_scheduler(
@@ -189,14 +215,15 @@ class Trainer:
                 inner_optimizer=cfg.inner_optimizer,
                 inner_state=cfg.inner_state,
                 inner_eps=cfg.inner_eps,
+                inner_eps_root=cfg.inner_eps_root,
                 first_order=cfg.first_order,
                 backend=cfg.backend,
                 generator=self.meta_generator,
+                grad_scaler=self.grad_scaler,
             )
         self.epoch = 0
         self.iteration = 0
         self.evaluations: list[EvalResult] = []
-        self._stash: list[tuple[int, Tensor, Tensor]] = []
         self._parts: dict[str, list[float]] = {}
         self.loss_history: list[float] = []  # epoch means of the watched training loss
         self._warned_growth = False
@@ -250,6 +277,7 @@ class Trainer:
                 self.log(f"no checkpoint at {ckpt_path}: starting from scratch")
             (self.output_dir / "log.jsonl").unlink(missing_ok=True)
             cfg.save(self.output_dir / "config.json")
+            self.log(describe_preset(cfg))
             self.log(self.sources.summary())
             self.init_memories()
         while self.epoch < cfg.epochs:
@@ -263,7 +291,7 @@ class Trainer:
         final = self.evaluations[-1]
         best = max(self.evaluations, key=lambda r: (r.mAP, r.epoch))
         result = TrainResult(final, best, list(self.evaluations), self.output_dir)
-        self.log(format_results({f"{cfg.method} -> {cfg.target}": result}))
+        self.log(format_results({run_label(cfg): result}))
         if cfg.plots:
             self._pictures()
         return result
@@ -375,67 +403,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ one iteration
     def _iteration(self, batches: list[dict[str, Any]]) -> dict[str, float]:
-        cfg = self.cfg
-        out: dict[str, float]
-        if self.learner is None:
-            self.optimizer.zero_grad(set_to_none=True)
-            losses = [self._loss(self.model, b, d, "baseline") for d, b in enumerate(batches)]
-            loss = torch.stack(losses).mean()
-            loss.backward()
-            self.optimizer.step()
-            out = {"loss": float(loss.detach())}
-        else:
-            res = self.learner.step(batches, self._loss)
-            out = {
-                "loss": res.meta_train_loss + res.meta_test_loss,
-                "meta_train_loss": res.meta_train_loss,
-                "meta_test_loss": res.meta_test_loss,
-                "meta_test_domain": float(res.meta_test_domain),
-            }
-        if len(self.memories):
-            if cfg.memory_update_timing == "after":
-                self._stash.clear()
-                with torch.no_grad(), self._autocast():
-                    for d, b in enumerate(batches):
-                        self._memory(d).update(
-                            self._output(self.model, b["img"]).features.float(), b["pid"]
-                        )
-            else:
-                for d, feats, pids in self._stash:
-                    self._memory(d).update(feats, pids)
-        self._stash.clear()
+        out = self.objective.step(
+            self.model, batches, self.optimizer, self.learner, self.grad_scaler
+        )
         for k, v in out.items():
             self._parts.setdefault(k, []).append(v)
-        return out
-
-    def _loss(self, model: nn.Module, batch: dict[str, Any], domain: int, phase: str) -> Tensor:
-        """Eq. 8 (meta-train and baseline) / Eq. 10 (meta-test) for one domain's batch."""
-        cfg = self.cfg
-        images, pids = batch["img"], batch["pid"]
-        with self._autocast():
-            out = self._output(model, images)
-        feats, pooled = out.features.float(), out.pooled.float()
-        reps = feats.shape[0] // pids.shape[0]  # MetaBN meta-test mixtures
-        labels = pids.repeat(reps)
-        loss = feats.new_zeros(())
-        if cfg.id_loss == "memory":
-            loss = loss + self.memory_loss(feats, labels, self._memory(domain))
-        elif cfg.id_loss == "fc_global":
-            offset = self.sources.pid_offsets[domain]
-            loss = loss + F.cross_entropy(_logits(out.logits).float(), labels + offset)
-        elif cfg.id_loss == "fc_domain":
-            loss = loss + F.cross_entropy(_logits(out.logits, domain).float(), labels)
-        if cfg.triplet:
-            loss = loss + self.triplet_loss(pooled, pids)
-        if cfg.memory_update_timing == "step" and reps == 1:
-            self._stash.append((domain, feats.detach(), pids))
-        return loss
-
-    @staticmethod
-    def _output(model: nn.Module, images: Tensor) -> Any:
-        out = model(images)
-        if isinstance(out, Tensor):
-            raise RuntimeError("the model returned a tensor in train mode; call model.train()")
         return out
 
     # ------------------------------------------------------------------ state
@@ -454,6 +426,7 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "format": 1,
+            "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict(),
             "config": self.cfg.to_dict(),
             "epoch": self.epoch,
             "iteration": self.iteration,
@@ -487,6 +460,8 @@ class Trainer:
         self.memories.load_state_dict(state["memories"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.grad_scaler is not None and state.get("grad_scaler"):
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
         self.epoch = int(state["epoch"])
         self.iteration = int(state["iteration"])
         self.evaluations = [EvalResult(**e) for e in state["evaluations"]]
@@ -536,8 +511,8 @@ class Trainer:
             yield f
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.amp:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        if self.amp_dtype is not None:
+            return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
         return contextlib.nullcontext()
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -624,12 +599,36 @@ def format_results(results: dict[str, TrainResult]) -> str:
     return "\n".join(lines)
 
 
-def _logits(logits: Any, domain: int | None = None) -> Tensor:
-    if logits is None:
-        raise RuntimeError("id_loss needs classifier heads but the model has none")
-    if domain is None:
-        return logits
-    return logits[domain]
+def run_label(cfg: TrainConfig) -> str:
+    """The row name of a run in results tables: method, preset, target.
+
+    Example:
+        >>> run_label(TrainConfig.from_dict({"preset": "published"}))
+        'm3l [published] -> market1501'
+        >>> run_label(TrainConfig.from_dict({"preset": "published", "memory_update": "mean"}))
+        'm3l [published*: memory_update] -> market1501'
+    """
+    preset = ""
+    if cfg.preset != "none":
+        dev = preset_deviations(cfg)
+        preset = f" [{cfg.preset}" + (f"*: {', '.join(dev)}" if dev else "") + "]"
+    return f"{cfg.method}{preset} -> {cfg.target}"
+
+
+def describe_preset(cfg: TrainConfig) -> str:
+    """One line naming the preset and every switch that departs from it.
+
+    Example:
+        >>> describe_preset(TrainConfig())
+        'preset: none (library defaults; see docs/training.md, Presets)'
+    """
+    if cfg.preset == "none":
+        return "preset: none (library defaults; see docs/training.md, Presets)"
+    dev = preset_deviations(cfg)
+    if not dev:
+        return f"preset: {cfg.preset} (every switch as the preset sets it)"
+    changed = ", ".join(f"{k}={v[1]!r} (preset {v[0]!r})" for k, v in dev.items())
+    return f"preset: {cfg.preset}, overridden: {changed}"
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:

@@ -44,6 +44,7 @@ def adam_step(
     lr: float | Sequence[float],
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float | Sequence[float] = 1e-8,
+    eps_root: float | Sequence[float] = 0.0,
     weight_decay: float | Sequence[float] = 0.0,
     exp_avgs: Sequence[Tensor | None] | None = None,
     exp_avg_sqs: Sequence[Tensor | None] | None = None,
@@ -57,12 +58,22 @@ def adam_step(
         g' = g + weight_decay * p
         m  = beta1 * m0 + (1 - beta1) * g'
         v  = beta2 * v0 + (1 - beta2) * g'^2
-        p' = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+        p' = p - lr * m_hat / (sqrt(v_hat + eps_root) + eps)
 
-    with ``t = step + 1``. The result equals ``torch.optim.Adam(...).step()`` to float
-    rounding. Parameters whose gradient is ``None`` are returned unchanged (as torch's
-    Adam skips them). A coordinate whose second moment is exactly zero contributes a zero,
-    never ``nan``, to gradients taken through the step.
+    with ``t = step + 1``, ``m_hat = m / (1 - beta1^t)`` and ``v_hat = v / (1 - beta2^t)``
+    (``eps_root`` inside the square root, ``eps`` outside: torchopt's names and placement).
+
+    * ``eps_root=0`` (default here) is ``torch.optim.Adam(...).step()`` to float rounding.
+    * ``eps_root=1e-8 / (1 - beta2)`` (``1e-5`` for beta2 = 0.999) with zero moments is the
+      inner step of the published M3L code, whose ``update_params(solver='adam')`` adds
+      1e-8 to the raw second moment before the square root: for a fresh step,
+      ``p' = p - lr * g' / (sqrt(g'^2 + 1e-5) + 1e-8)``. That step is smooth in ``g'`` and
+      its derivative is at most ``lr / sqrt(eps_root)`` (about ``316 * lr``), whereas the
+      exact-Adam step is about ``lr * sign(g')`` with a derivative of up to ``lr / eps``.
+
+    Parameters whose gradient is ``None`` are returned unchanged (as torch's Adam skips
+    them). With ``eps_root=0``, a coordinate whose second moment is exactly zero
+    contributes a zero, never ``nan``, to gradients taken through the step.
 
     Args:
         params: Parameters ``Theta``, any shapes.
@@ -70,7 +81,10 @@ def adam_step(
             attached to the graph (``create_graph=True``) for a second-order meta-gradient.
         lr: Learning rate, one value or one per parameter.
         betas: Adam's ``(beta1, beta2)``.
-        eps: Term added to the bias-corrected denominator, one value or one per parameter.
+        eps: Term added to the bias-corrected denominator, outside the square root, one
+            value or one per parameter.
+        eps_root: Term added to the bias-corrected second moment inside the square root,
+            ``>= 0``, one value or one per parameter. Default 0 (``torch.optim.Adam``).
         weight_decay: Coupled L2 penalty, one value or one per parameter.
         exp_avgs: Optional first moments to continue from (``None`` entries: zeros).
         exp_avg_sqs: Optional second moments to continue from (``None`` entries: zeros).
@@ -84,6 +98,10 @@ def adam_step(
         >>> g = torch.tensor([0.5, 0.0])
         >>> adam_step([p], [g], lr=0.1)[0]
         tensor([ 0.9000, -2.0000], grad_fn=<SubBackward0>)
+        >>> q = torch.tensor([0.0], dtype=torch.float64)
+        >>> g = torch.tensor([1e-3], dtype=torch.float64)   # published step: smooth near 0
+        >>> float(adam_step([q], [g], lr=1.0, eps_root=1e-5)[0])  # -g / (sqrt(g^2+1e-5)+1e-8)
+        -0.3015...
     """
     _check_lengths(params, grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, steps=steps)
     beta1, beta2 = betas
@@ -92,6 +110,10 @@ def adam_step(
     n = len(params)
     lrs = _broadcast("lr", lr, n)
     epss = _broadcast("eps", eps, n)
+    roots = _broadcast("eps_root", eps_root, n)
+    for i, r in enumerate(roots):
+        if not r >= 0 or r == float("inf"):
+            raise ValueError(f"eps_root must be a finite number >= 0, got {r!r} (entry {i})")
     wds = _broadcast("weight_decay", weight_decay, n)
     out: list[Tensor] = []
     for i, p, g in _coupled_grads(params, grads, wds):
@@ -104,8 +126,10 @@ def adam_step(
         m = (1 - beta1) * g if m0 is None else beta1 * m0 + (1 - beta1) * g
         v = (1 - beta2) * (g * g) if v0 is None else beta2 * v0 + (1 - beta2) * (g * g)
         bias1 = 1 - beta1**t
-        bias2_sqrt = (1 - beta2**t) ** 0.5
-        denom = _safe_sqrt(v) / bias2_sqrt + epss[i]
+        if roots[i] == 0:  # torch.optim.Adam's arithmetic, operation for operation
+            denom = _safe_sqrt(v) / (1 - beta2**t) ** 0.5 + epss[i]
+        else:  # eps_root > 0: the square root's argument is never 0
+            denom = (v / (1 - beta2**t) + roots[i]).sqrt() + epss[i]
         out.append(p - (lrs[i] / bias1) * m / denom)
     return out
 

@@ -19,7 +19,7 @@ import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import higher
 import torch
@@ -27,8 +27,11 @@ from torch import Tensor, nn
 
 from metareid.functional.optim import adam_step, sgd_step
 from metareid.layers.metabn import metabn_phase
+from metareid.meta.phase import Phase
 
 InnerStep = tuple[tuple[Tensor | None, ...], list[Tensor]]
+GradTransform = Callable[[list[Tensor | None]], list[Tensor | None]]
+"""Maps the meta-train gradients to the ones the inner step uses (differentiably)."""
 
 
 @dataclass
@@ -39,6 +42,7 @@ class InnerParam:
     lr: float
     weight_decay: float
     eps: float
+    eps_root: float
     betas: tuple[float, float]
     state: dict[str, Any] = field(default_factory=dict)  # outer Adam state, if continued
 
@@ -55,14 +59,24 @@ def func_inner_step(
     inner: list[InnerParam],
     optimizer: str,
     first_order: bool,
+    grad_transform: GradTransform | None = None,
 ) -> InnerStep:
-    """Gradient of ``loss`` and ``Theta'`` with :mod:`metareid.functional.optim`."""
+    """Gradient of ``loss`` and ``Theta'`` with :mod:`metareid.functional.optim`.
+
+    Returns the raw gradients of ``loss`` (for ``.grad``) and ``Theta'``, computed from the
+    gradients mapped by ``grad_transform`` (identity when ``None``).
+    """
     grads = torch.autograd.grad(loss, params, create_graph=not first_order, allow_unused=True)
+    used: list[Tensor | None] = list(grads)
+    if grad_transform is not None:
+        used = list(grad_transform(used))
+    if first_order:
+        used = [None if g is None else g.detach() for g in used]
     base = [p.detach() for p in params] if first_order else params
     fast = list(base)
-    sel = [ip for ip in inner if grads[ip.index] is not None]
+    sel = [ip for ip in inner if used[ip.index] is not None]
     ps = [base[ip.index] for ip in sel]
-    gs = [grads[ip.index] for ip in sel]
+    gs = [cast(Tensor, used[ip.index]) for ip in sel]
     if optimizer == "sgd":
         new = sgd_step(
             ps, gs, lr=[ip.lr for ip in sel], weight_decay=[ip.weight_decay for ip in sel]
@@ -77,6 +91,7 @@ def func_inner_step(
                 lr=[sel[k].lr for k in idx],
                 betas=betas,
                 eps=[sel[k].eps for k in idx],
+                eps_root=[sel[k].eps_root for k in idx],
                 weight_decay=[sel[k].weight_decay for k in idx],
                 exp_avgs=[_detached(sel[k].state.get("exp_avg")) for k in idx],
                 exp_avg_sqs=[_detached(sel[k].state.get("exp_avg_sq")) for k in idx],
@@ -99,7 +114,7 @@ class _LossCall(nn.Module):
         self.model = model
         self.loss_fn = loss_fn
 
-    def forward(self, batch: Any, domain: int, phase: str) -> Tensor:
+    def forward(self, batch: Any, domain: int, phase: str) -> Any:
         return self.loss_fn(self.model, batch, domain, phase)
 
 
@@ -107,11 +122,11 @@ def func_meta_test(
     model: nn.Module,
     params: list[Tensor],
     fast: list[Tensor],
-    loss_fn: Callable[..., Tensor],
+    loss_fn: Callable[..., Any],
     batch: Any,
     domain: int,
-) -> Tensor:
-    """``L_mte`` with ``model`` re-parametrised at ``Theta'`` and cloned buffers."""
+) -> Any:
+    """``loss_fn``'s meta-test output with ``model`` at ``Theta'`` and cloned buffers."""
     name_of = {id(p): name for name, p in model.named_parameters()}
     state: dict[str, Tensor] = {}
     for p, f in zip(params, fast, strict=True):
@@ -121,10 +136,9 @@ def func_meta_test(
         state["model." + name] = b.clone()  # running stats of the copy absorb the update
     call = _LossCall(model, loss_fn)
     with metabn_phase(model, "meta_test"):
-        out: Tensor = torch.func.functional_call(
-            call, state, (batch, domain, "meta_test"), tie_weights=True, strict=False
+        return torch.func.functional_call(
+            call, state, (batch, domain, Phase.META_TEST), tie_weights=True, strict=False
         )
-    return out
 
 
 # ---------------------------------------------------------------------------- higher
@@ -153,6 +167,7 @@ def higher_inner_step(
     inner: list[InnerParam],
     optimizer: str,
     first_order: bool,
+    grad_transform: GradTransform | None = None,
 ) -> InnerStep:
     """Gradient of ``loss`` and ``Theta'`` with ``higher``'s differentiable optimisers.
 
@@ -160,6 +175,12 @@ def higher_inner_step(
     computes ``lr * sqrt(bc2) / bc1 * m / (sqrt(v) + eps)`` while ``torch.optim.Adam``
     computes ``lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)``; both agree when ``higher``
     is given ``eps * sqrt(bc2)`` with ``bc2 = 1 - beta2 ** (step + 1)``.
+
+    ``eps_root`` (added to ``v / bc2`` inside the square root) is not a setting of
+    ``higher``'s Adam. It is reached through the state that ``higher`` starts from: a
+    second moment of ``v0 + eps_root * bc2 / beta2`` becomes ``v + eps_root * bc2`` after
+    ``higher``'s own update ``beta2 * v0 + (1 - beta2) * g^2``, so that
+    ``sqrt(v_new) / sqrt(bc2) = sqrt(v / bc2 + eps_root)``. This needs ``beta2 > 0``.
     """
     by_index = {ip.index: ip for ip in inner}
     groups: list[dict[str, Any]] = []
@@ -186,12 +207,23 @@ def higher_inner_step(
                 weight_decay=ip.weight_decay if ip else 0.0,
                 amsgrad=False,
             )
+            moments: dict[str, Any] = {}
             if ip is not None and ip.state:
-                moments: dict[str, Any] = {
+                moments = {
                     k: ip.state[k].detach() for k in ("exp_avg", "exp_avg_sq") if k in ip.state
                 }
-                if len(moments) == 2:
-                    state[p] = {"step": step, **moments}  # higher copies it
+            if ip is not None and ip.eps_root > 0:
+                if betas[1] <= 0:
+                    raise ValueError(
+                        "backend='higher' reaches eps_root through the second moment and "
+                        f"needs beta2 > 0, got betas={betas}; use backend='func'"
+                    )
+                offset = ip.eps_root * (1.0 - betas[1] ** (step + 1)) / betas[1]
+                if len(moments) != 2:  # fresh state: zero moments
+                    moments = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+                moments["exp_avg_sq"] = moments["exp_avg_sq"] + offset
+            if len(moments) == 2:
+                state[p] = {"step": step, **moments}  # higher copies it
         groups.append(group)
     view = _OptimizerView(groups, state)
     cls = higher.optim.DifferentiableSGD if optimizer == "sgd" else higher.optim.DifferentiableAdam
@@ -201,8 +233,9 @@ def higher_inner_step(
 
     def keep_inner(grads: Sequence[Tensor | None]) -> list[Tensor | None]:
         captured.append(tuple(grads))
+        used = list(grads) if grad_transform is None else list(grad_transform(list(grads)))
         # Trainable parameters the optimizer does not track are not moved.
-        return [g if i in by_index else None for i, g in enumerate(grads)]
+        return [g if i in by_index else None for i, g in enumerate(used)]
 
     # First order: the update is a constant, so it is computed without recording a graph
     # (otherwise every Adam intermediate stays alive until the step returns).
@@ -221,11 +254,11 @@ def higher_meta_test(
     model: nn.Module,
     params: list[Tensor],
     fast: list[Tensor],
-    loss_fn: Callable[..., Tensor],
+    loss_fn: Callable[..., Any],
     batch: Any,
     domain: int,
-) -> Tensor:
-    """``L_mte`` on a ``higher``-patched copy of ``model`` holding ``Theta'``."""
+) -> Any:
+    """``loss_fn``'s meta-test output on a ``higher``-patched copy holding ``Theta'``."""
     fast_of = {id(p): f for p, f in zip(params, fast, strict=True)}
     all_fast = [fast_of.get(id(p), p) for p in model.parameters()]
 
@@ -235,8 +268,7 @@ def higher_meta_test(
 
     fmodel = higher.patch.make_functional(model, encapsulator=encapsulate)
     with metabn_phase(fmodel, "meta_test"):
-        out: Tensor = loss_fn(fmodel, batch, domain, "meta_test")
-    return out
+        return loss_fn(fmodel, batch, domain, Phase.META_TEST)
 
 
 def _detached(value: Any) -> Tensor | None:

@@ -12,12 +12,16 @@ from torch import Tensor, nn
 
 from metareid.layers.metabn import MetaBN, metabn_phase
 from metareid.meta import _backends
+from metareid.meta.phase import Phase
 
-__all__ = ["LossFn", "MetaLearner", "MetaStepResult"]
+__all__ = ["LossFn", "MetaLearner", "MetaStepResult", "Phase"]
 
-Phase = Literal["meta_train", "meta_test"]
-LossFn = Callable[[nn.Module, Any, int, str], Tensor]
-"""``loss_fn(model, batch, domain, phase) -> scalar Tensor``."""
+LossFn = Callable[[nn.Module, Any, int, Phase], "Tensor | tuple[Tensor, Any]"]
+"""``loss_fn(model, batch, domain, phase) -> loss`` or ``-> (loss, aux)``.
+
+``loss`` is a scalar Tensor; ``aux`` is anything (tensors, dicts, lists or tuples of them)
+that the caller wants back in :class:`MetaStepResult`, detached.
+"""
 
 _INNER_OPTIMIZERS = ("adam", "sgd")
 _INNER_STATES = ("fresh", "continue")
@@ -33,12 +37,35 @@ class MetaStepResult:
         meta_test_loss: ``L_mte``, the meta-test loss at ``Theta'`` (Eq. 10).
         meta_test_domain: Index of the domain used as meta-test.
         meta_train_domains: Indices of the meta-train domains, in the order they ran.
+        meta_train_aux: The ``aux`` that ``loss_fn`` returned for each meta-train domain
+            (phase :attr:`Phase.META_TRAIN`, at ``Theta``), in the order of
+            ``meta_train_domains``, with every tensor detached; ``None`` entries where
+            ``loss_fn`` returned a plain loss.
+        meta_test_aux: The detached ``aux`` of the meta-test call (phase
+            :attr:`Phase.META_TEST`, at ``Theta'``), or ``None``.
     """
 
     meta_train_loss: float
     meta_test_loss: float
     meta_test_domain: int
     meta_train_domains: tuple[int, ...]
+    meta_train_aux: tuple[Any, ...] = ()
+    meta_test_aux: Any = None
+
+    def aux_by_domain(self) -> dict[int, tuple[Phase, Any]]:
+        """``{domain: (phase, aux)}`` for every domain of the step.
+
+        Example:
+            >>> r = MetaStepResult(1.0, 2.0, 1, (0, 2), ("a", "c"), "b")
+            >>> r.aux_by_domain()[1]
+            (<Phase.META_TEST: 'meta_test'>, 'b')
+        """
+        out = {
+            d: (Phase.META_TRAIN, a)
+            for d, a in zip(self.meta_train_domains, self.meta_train_aux, strict=False)
+        }
+        out[self.meta_test_domain] = (Phase.META_TEST, self.meta_test_aux)
+        return out
 
 
 class MetaLearner:
@@ -68,6 +95,25 @@ class MetaLearner:
     The inner step takes its hyper-parameters from ``optimizer``'s parameter groups at
     every call, so learning-rate warm-up and decay carry over to ``alpha`` as in the
     published code; ``inner_lr``/``inner_weight_decay``/``inner_eps`` override them.
+
+    Inner Adam step: with zero moments (``inner_state="fresh"``) the update is
+    ``Theta' = Theta - alpha * g' / (sqrt(g'^2 + inner_eps_root) + eps)`` with
+    ``g' = g + weight_decay * Theta`` (see :func:`metareid.functional.adam_step`). The
+    default ``inner_eps_root=1e-5`` is the published code's step (its ``update_params``
+    adds 1e-8 to the raw second moment, i.e. ``1e-8 / (1 - beta2)`` to the bias-corrected
+    one); ``inner_eps_root=0`` is exactly ``torch.optim.Adam.step()``, whose derivative
+    in ``g`` reaches ``alpha / eps`` near ``g = 0`` and made second-order training diverge
+    on the synthetic benchmark (docs/meta_learner.md, "Stability").
+
+    ``loss_fn`` may return ``(loss, aux)``: the detached ``aux`` of each call comes back in
+    :class:`MetaStepResult` with its phase (``meta_train_aux``, ``meta_test_aux``), e.g.
+    the features that a trainer writes into its memories. ``phase`` is a :class:`Phase`.
+
+    Mixed precision: with ``grad_scaler`` (a ``torch.amp.GradScaler``, for fp16) both
+    losses are multiplied by the current scale before differentiation, the inner step
+    uses the unscaled meta-train gradient (so ``Theta'`` does not depend on the scale),
+    and :meth:`step` steps through ``grad_scaler.step``/``update``, which skips the
+    update when a gradient overflowed.
 
     Model state:
         * BatchNorm running statistics of ``model`` are updated by the meta-train forwards
@@ -108,13 +154,17 @@ class MetaLearner:
             is never modified).
         inner_weight_decay: Coupled L2 weight decay of the inner step. ``None`` (default)
             uses each group's ``weight_decay`` (5e-4 in the paper).
-        inner_eps: Adam's eps for the inner step. ``None`` (default) uses each group's
-            ``eps`` (1e-8 by default).
+        inner_eps: Adam's eps for the inner step (outside the square root). ``None``
+            (default) uses each group's ``eps`` (1e-8 by default).
+        inner_eps_root: Added to the bias-corrected second moment inside the square root
+            of the inner Adam step, ``>= 0``. Default ``1e-5``: the published code's step.
+            ``0``: ``torch.optim.Adam``'s step. Ignored by ``inner_optimizer="sgd"``.
         first_order: If ``True``, the inner update is treated as a constant:
             ``dTheta'/dTheta = I``, so the meta-test gradient is evaluated at ``Theta'``
             and added unchanged. Costs no more network passes than a plain step.
         backend: ``"higher"`` (default) or ``"func"``.
         generator: Random generator used to draw the meta-test domain.
+        grad_scaler: A ``torch.amp.GradScaler`` for fp16 training, or ``None`` (default).
 
     Example:
         >>> import torch
@@ -141,9 +191,11 @@ class MetaLearner:
         inner_state: Literal["fresh", "continue"] = "fresh",
         inner_weight_decay: float | None = None,
         inner_eps: float | None = None,
+        inner_eps_root: float = 1e-5,
         first_order: bool = False,
         backend: Literal["higher", "func"] = "higher",
         generator: torch.Generator | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -154,6 +206,14 @@ class MetaLearner:
         _check_optional_number("inner_lr", inner_lr, minimum=0.0)
         _check_optional_number("inner_weight_decay", inner_weight_decay, minimum=0.0)
         _check_optional_number("inner_eps", inner_eps, minimum=0.0, strict=True)
+        if inner_eps_root is None:
+            raise TypeError("inner_eps_root must be a number >= 0, got None")
+        _check_optional_number("inner_eps_root", inner_eps_root, minimum=0.0)
+        if grad_scaler is not None and not isinstance(grad_scaler, torch.amp.GradScaler):
+            raise TypeError(
+                f"grad_scaler must be a torch.amp.GradScaler or None, got "
+                f"{type(grad_scaler).__name__}"
+            )
         _check_choice("inner_optimizer", inner_optimizer, _INNER_OPTIMIZERS)
         _check_choice("inner_state", inner_state, _INNER_STATES)
         _check_choice("backend", backend, _BACKENDS)
@@ -197,9 +257,11 @@ class MetaLearner:
         self.inner_state = inner_state
         self.inner_weight_decay = inner_weight_decay
         self.inner_eps = inner_eps
+        self.inner_eps_root = float(inner_eps_root)
         self.first_order = first_order
         self.backend = backend
         self.generator = generator
+        self.grad_scaler = grad_scaler
 
     # ------------------------------------------------------------------ public API
     def step(
@@ -210,8 +272,9 @@ class MetaLearner:
         Args:
             batches: One mini-batch per source domain (any object ``loss_fn`` understands),
                 at least two.
-            loss_fn: ``loss_fn(model, batch, domain, phase) -> scalar Tensor`` with
-                ``phase`` in ``{"meta_train", "meta_test"}``.
+            loss_fn: ``loss_fn(model, batch, domain, phase)`` returning a scalar Tensor
+                or ``(loss, aux)``; ``phase`` is :attr:`Phase.META_TRAIN` or
+                :attr:`Phase.META_TEST`.
             meta_test: Index of the meta-test domain; ``None`` draws one uniformly.
 
         Returns:
@@ -230,7 +293,11 @@ class MetaLearner:
         self._check_batches(batches, meta_test)  # before zero_grad: bad input changes nothing
         self.optimizer.zero_grad(set_to_none=True)
         result = self.meta_backward(batches, loss_fn, meta_test)
-        self.optimizer.step()
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
         return result
 
     def meta_backward(
@@ -242,11 +309,13 @@ class MetaLearner:
 
         Args:
             batches: One mini-batch per source domain, at least two.
-            loss_fn: ``loss_fn(model, batch, domain, phase) -> scalar Tensor``.
+            loss_fn: ``loss_fn(model, batch, domain, phase)`` returning a scalar Tensor
+                or ``(loss, aux)``.
             meta_test: Index of the meta-test domain; ``None`` draws one uniformly.
 
         Returns:
-            The losses and the domain split of this step.
+            The losses, the domain split and the auxiliary outputs of this step. With a
+            ``grad_scaler`` the added gradients are multiplied by its current scale.
 
         Example:
             >>> import torch
@@ -294,17 +363,33 @@ class MetaLearner:
         inner = self._inner_params(params)
 
         # Meta-train on the model itself: running statistics move as in a plain step.
-        with metabn_phase(model, "meta_train"):
-            train_losses = [
-                _check_loss(loss_fn(model, batches[d], d, "meta_train"), d, "meta_train")
-                for d in train_domains
-            ]
+        train_losses: list[Tensor] = []
+        train_aux: list[Any] = []
+        with metabn_phase(model, Phase.META_TRAIN):
+            for d in train_domains:
+                loss, aux = _split_output(loss_fn(model, batches[d], d, Phase.META_TRAIN))
+                train_losses.append(_check_loss(loss, d, Phase.META_TRAIN))
+                train_aux.append(_detach_tree(aux))
         loss_mtr = torch.stack(train_losses).mean()
+
+        scale = self._loss_scale(loss_mtr)
+        transform: _backends.GradTransform | None = None
+        if scale != 1.0:
+
+            def transform(grads: list[Tensor | None]) -> list[Tensor | None]:
+                return [None if g is None else g / scale for g in grads]
 
         inner_step = (
             _backends.higher_inner_step if self.backend == "higher" else _backends.func_inner_step
         )
-        grads, fast = inner_step(loss_mtr, params, inner, self.inner_optimizer, self.first_order)
+        grads, fast = inner_step(
+            loss_mtr * scale if scale != 1.0 else loss_mtr,
+            params,
+            inner,
+            self.inner_optimizer,
+            self.first_order,
+            transform,
+        )
         if self.first_order:
             # Theta' = Theta + constant: the value of the update, with identity Jacobian.
             fast = [
@@ -312,20 +397,18 @@ class MetaLearner:
                 for f, p in zip(fast, params, strict=True)
             ]
 
-        if self.backend == "higher":
-            loss_mte = _backends.higher_meta_test(
-                model, params, fast, loss_fn, batches[meta_test], meta_test
-            )
-        else:
-            loss_mte = _backends.func_meta_test(
-                model, params, fast, loss_fn, batches[meta_test], meta_test
-            )
-        loss_mte = _check_loss(loss_mte, meta_test, "meta_test")
+        meta_test_fn = (
+            _backends.higher_meta_test if self.backend == "higher" else _backends.func_meta_test
+        )
+        loss_mte, test_aux = _split_output(
+            meta_test_fn(model, params, fast, loss_fn, batches[meta_test], meta_test)
+        )
+        loss_mte = _check_loss(loss_mte, meta_test, Phase.META_TEST)
 
         # d/dTheta L_mte(Theta'(Theta)) by backprop through the inner step; the
         # meta-train gradient is already known from the inner step and is added as is.
         if loss_mte.requires_grad:
-            torch.autograd.backward(loss_mte, inputs=params)
+            torch.autograd.backward(loss_mte * scale if scale != 1.0 else loss_mte, inputs=params)
         with torch.no_grad():
             for p, g in zip(params, grads, strict=True):
                 if g is None:
@@ -339,7 +422,16 @@ class MetaLearner:
             meta_test_loss=float(loss_mte.detach()),
             meta_test_domain=meta_test,
             meta_train_domains=train_domains,
+            meta_train_aux=tuple(train_aux),
+            meta_test_aux=_detach_tree(test_aux),
         )
+
+    def _loss_scale(self, loss: Tensor) -> float:
+        """The grad scaler's current scale (1 without one or when it is disabled)."""
+        scaler = self.grad_scaler
+        if scaler is None or not scaler.is_enabled():
+            return 1.0
+        return float(scaler.scale(torch.ones((), device=loss.device)).item())
 
     def _inner_params(self, params: list[Tensor]) -> list[_backends.InnerParam]:
         """The optimised parameters with the inner step's hyper-parameters, read now."""
@@ -355,6 +447,13 @@ class MetaLearner:
             )
             eps = _as_float(group.get("eps", 1e-8)) if self.inner_eps is None else self.inner_eps
             betas = tuple(_as_float(b) for b in group.get("betas", (0.9, 0.999)))
+            root = self.inner_eps_root if self.inner_optimizer == "adam" else 0.0
+            if root > 0 and self.backend == "higher" and betas[1] <= 0:
+                raise ValueError(
+                    "backend='higher' reaches inner_eps_root through Adam's second moment "
+                    f"and needs beta2 > 0; param group has betas={tuple(betas)}; use "
+                    "backend='func' or inner_eps_root=0"
+                )
             for p in group["params"]:
                 if id(p) not in index or id(p) in seen:
                     continue  # frozen, or listed twice
@@ -363,7 +462,9 @@ class MetaLearner:
                 if self.inner_state == "continue":
                     state = self.optimizer.state.get(p, {})
                 out.append(
-                    _backends.InnerParam(index[id(p)], lr, wd, eps, (betas[0], betas[1]), state)
+                    _backends.InnerParam(
+                        index[id(p)], lr, wd, eps, root, (betas[0], betas[1]), state
+                    )
                 )
         return out
 
@@ -392,15 +493,37 @@ class MetaLearner:
             f"optimizer={type(self.optimizer).__name__}, inner_lr={self.inner_lr}, "
             f"inner_optimizer={self.inner_optimizer!r}, inner_state={self.inner_state!r}, "
             f"inner_weight_decay={self.inner_weight_decay}, inner_eps={self.inner_eps}, "
-            f"first_order={self.first_order}, backend={self.backend!r})"
+            f"inner_eps_root={self.inner_eps_root}, first_order={self.first_order}, backend={self.backend!r})"
         )
 
 
+def _split_output(out: Any) -> tuple[Any, Any]:
+    """``(loss, aux)`` from what ``loss_fn`` returned (a loss alone gives ``aux=None``)."""
+    if isinstance(out, tuple) and len(out) == 2:
+        return out[0], out[1]
+    return out, None
+
+
+def _detach_tree(value: Any) -> Any:
+    """``value`` with every tensor inside dicts, lists and tuples detached."""
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, dict):
+        return {k: _detach_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_detach_tree(v) for v in value]
+    if isinstance(value, tuple):
+        items = [_detach_tree(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    return value
+
+
 def _check_loss(loss: Any, domain: int, phase: str) -> Tensor:
+    phase = str(phase)
     if not isinstance(loss, Tensor):
         raise TypeError(
-            f"loss_fn must return a scalar Tensor; for domain {domain} in phase {phase!r} "
-            f"it returned {type(loss).__name__}"
+            f"loss_fn must return a scalar Tensor or (loss, aux); for domain {domain} in "
+            f"phase {phase!r} it returned {type(loss).__name__}"
         )
     if loss.numel() != 1 or not loss.is_floating_point():
         raise ValueError(

@@ -2,7 +2,8 @@
 
 The reference meta-gradient below is written without the library: the model is run
 functionally with ``torch.func.functional_call``, the inner Adam step is the textbook
-formula (bias-corrected moments, eps outside the square root), and the total objective
+formula (bias-corrected moments, eps_root inside and eps outside the square root, as
+torchopt writes it), and the total objective
 ``L_mtr(Theta) + L_mte(Theta'(Theta))`` is differentiated by autograd as one function.
 Central finite differences on a tiny float64 model check the reference itself.
 """
@@ -75,6 +76,7 @@ def reference_objective(
     lr: float,
     wd: float,
     eps: float = 1e-8,
+    eps_root: float = 0.0,
     betas=(0.9, 0.999),
     state: list[dict] | None = None,
     first_order: bool = False,
@@ -109,20 +111,24 @@ def reference_objective(
             v = betas[1] * v0 + (1 - betas[1]) * gp * gp
             m_hat = m / (1 - betas[0] ** step)
             v_hat = v / (1 - betas[1] ** step)
-            upd = lr * m_hat / (v_hat.sqrt() + eps)
+            upd = lr * m_hat / ((v_hat + eps_root).sqrt() + eps)
         new.append(p - upd.detach() if first_order else p - upd)
     l_mte = loss_at(new, batches[t])
     total = l_mtr + l_mte
     return total, list(torch.autograd.grad(total, theta))
 
 
-CASES = list(
-    itertools.product(BACKENDS, [False, True], ["adam-fresh", "adam-continue", "sgd"], [0.0, 5e-4])
-)
+CASES = [
+    (*case, root)
+    for case in itertools.product(
+        BACKENDS, [False, True], ["adam-fresh", "adam-continue", "sgd"], [0.0, 5e-4]
+    )
+    for root in ([0.0, 1e-5] if case[2] != "sgd" else [1e-5])
+]
 
 
-@pytest.mark.parametrize(("backend", "first_order", "inner", "wd"), CASES)
-def test_meta_gradient_matches_independent_reference(backend, first_order, inner, wd):
+@pytest.mark.parametrize(("backend", "first_order", "inner", "wd", "eps_root"), CASES)
+def test_meta_gradient_matches_independent_reference(backend, first_order, inner, wd, eps_root):
     model = make_model()
     batches = make_batches()
     opt = torch.optim.Adam(model.parameters(), lr=0.05, weight_decay=wd, eps=1e-3)
@@ -148,6 +154,7 @@ def test_meta_gradient_matches_independent_reference(backend, first_order, inner
         lr=0.05,
         wd=wd,
         eps=1e-3,
+        eps_root=eps_root if inner != "sgd" else 0.0,
         state=state,
         first_order=first_order,
     )
@@ -158,6 +165,7 @@ def test_meta_gradient_matches_independent_reference(backend, first_order, inner
         1,
         inner_optimizer="sgd" if inner == "sgd" else "adam",
         inner_state="continue" if inner == "adam-continue" else "fresh",
+        inner_eps_root=eps_root,
         first_order=first_order,
         backend=backend,
     )
@@ -273,7 +281,8 @@ def test_inner_adam_equals_torch_adam_step(backend, inner_state):
             )
         return loss_fn(model, batch, domain, phase)
 
-    learner = MetaLearner(model, opt, inner_state=inner_state, backend=backend)
+    # inner_eps_root=0: exactly torch.optim.Adam (the default 1e-5 is the published step)
+    learner = MetaLearner(model, opt, inner_state=inner_state, inner_eps_root=0.0, backend=backend)
     learner.meta_backward(batches, spy, meta_test=2)
     for got, exp in zip(seen, expected, strict=True):
         torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-6)
@@ -291,7 +300,15 @@ def test_inner_lr_weight_decay_eps_overrides(backend):
     opt = torch.optim.Adam(model.parameters(), lr=0.5, weight_decay=0.3, eps=0.7)
     theta = [p.detach().clone().requires_grad_() for p in model.parameters()]
     _, ref = reference_objective(
-        copy.deepcopy(model), theta, batches, 0, inner="adam", lr=0.02, wd=1e-3, eps=1e-4
+        copy.deepcopy(model),
+        theta,
+        batches,
+        0,
+        inner="adam",
+        lr=0.02,
+        wd=1e-3,
+        eps=1e-4,
+        eps_root=1e-5,
     )
     got = learner_grads(
         model,
@@ -601,7 +618,11 @@ def test_bad_batches_and_meta_test_change_nothing(batches, meta_test, exc, match
 @pytest.mark.parametrize(
     ("bad", "exc", "match"),
     [
-        (lambda out: 3.0, TypeError, "scalar Tensor; for domain 0 in phase 'meta_test'"),
+        (
+            lambda out: 3.0,
+            TypeError,
+            r"scalar Tensor or \(loss, aux\); for domain 0 in phase 'meta_test'",
+        ),
         (lambda out: out, ValueError, "shape"),
         (
             lambda out: out.sum().detach() if out.requires_grad else out.sum(),
@@ -709,7 +730,9 @@ def test_first_order_inner_step_records_no_graph(backend, optimizer):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 1))
     params = list(net.parameters())
-    inner = [_backends.InnerParam(i, 0.1, 1e-3, 1e-8, (0.9, 0.999)) for i in range(len(params))]
+    inner = [
+        _backends.InnerParam(i, 0.1, 1e-3, 1e-8, 1e-5, (0.9, 0.999)) for i in range(len(params))
+    ]
     loss = net(torch.randn(5, 4)).pow(2).mean()
     step = _backends.higher_inner_step if backend == "higher" else _backends.func_inner_step
     saved: list[tuple[int, ...]] = []
@@ -722,10 +745,10 @@ def test_first_order_inner_step_records_no_graph(backend, optimizer):
         grads, fast = step(loss, params, inner, optimizer, True)
     assert saved == []  # nothing was saved for a backward pass
     assert all(f.grad_fn is None for f in fast)
-    # ... and the values are those of a textbook step on the same gradients.
+    # ... and the values are those of a textbook step on the same gradients (fresh Adam
+    # with eps_root 1e-5: the published code's step).
     for p, g, f in zip(params, grads, fast):
         g = g + 1e-3 * p.detach()
-        ref = (
-            p.detach() - 0.1 * g if optimizer == "sgd" else p.detach() - 0.1 * g / (g.abs() + 1e-8)
-        )
+        adam = p.detach() - 0.1 * g / ((g * g + 1e-5).sqrt() + 1e-8)
+        ref = p.detach() - 0.1 * g if optimizer == "sgd" else adam
         torch.testing.assert_close(f.detach(), ref)

@@ -1,0 +1,201 @@
+"""M3LObjective: phase handling, memory updates (never a MetaBN mixture), bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metareid import MemoryBank, MetaBN, MetaLearner, Phase
+from metareid.engine import M3LObjective
+from metareid.models import ReIDModel
+
+
+def tiny_model(seed: int = 0) -> ReIDModel:
+    torch.manual_seed(seed)
+    trunk = nn.Sequential(nn.Conv2d(3, 6, 3, bias=False), nn.BatchNorm2d(6), nn.ReLU())
+    model = ReIDModel(trunk)
+    model.neck.generator = torch.Generator().manual_seed(seed + 1)
+    return model
+
+
+def make_batches(num_domains: int, p: int = 3, k: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "img": torch.randn(p * k, 3, 10, 6, generator=g) + 0.3 * d,
+            "pid": torch.arange(p).repeat_interleave(k),
+        }
+        for d in range(num_domains)
+    ]
+
+
+def make_banks(num_domains: int, dim: int = 6, ids: int = 3, **kw) -> list[MemoryBank]:
+    banks = []
+    for d in range(num_domains):
+        bank = MemoryBank(ids, dim, **kw)
+        g = torch.Generator().manual_seed(100 + d)
+        bank.init_from(F.normalize(torch.randn(ids, dim, generator=g), dim=1), torch.arange(ids))
+        banks.append(bank)
+    return banks
+
+
+class Spy:
+    """Records MetaBN meta-test outputs and every memory update."""
+
+    def __init__(self, monkeypatch, banks: list[MemoryBank]) -> None:
+        self.mixtures: list[Tensor] = []
+        self.updates: list[tuple[int, Tensor]] = []
+        original = MetaBN.forward
+
+        def forward(layer, x):  # class level: higher's patched copies run it too
+            out = original(layer, x)
+            if layer.training and layer.phase == "meta_test":
+                self.mixtures.append(F.normalize(out.detach(), dim=1).clone())
+            return out
+
+        monkeypatch.setattr(MetaBN, "forward", forward)
+        for d, bank in enumerate(banks):
+            update = bank.update
+
+            def spy(features, labels, d=d, update=update):
+                self.updates.append((d, features.detach().clone()))
+                update(features, labels)
+
+            bank.update = spy  # type: ignore[method-assign]
+
+    def assert_no_mixture_written(self) -> None:
+        assert self.mixtures, "the spy saw no MetaBN meta-test output"
+        for d, feats in self.updates:
+            for mix in self.mixtures:
+                for start in range(0, mix.shape[0], feats.shape[0]):
+                    rows = mix[start : start + feats.shape[0]]
+                    if rows.shape == feats.shape:
+                        assert not torch.allclose(rows, feats, atol=1e-6), (
+                            f"memory {d} received a MetaBN mixture"
+                        )
+
+
+@pytest.mark.parametrize("num_domains", [2, 3])
+@pytest.mark.parametrize("backend", ["higher", "func"])
+def test_no_memory_ever_receives_a_metabn_mixture(num_domains, backend, monkeypatch):
+    model = tiny_model()
+    banks = make_banks(num_domains)
+    spy = Spy(monkeypatch, banks)
+    obj = M3LObjective(banks, num_domains, metabn=True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    learner = MetaLearner(model, opt, backend=backend, generator=torch.Generator().manual_seed(0))
+    model.train()
+    for it in range(4):
+        spy.updates.clear()
+        out = obj.step(model, make_batches(num_domains, seed=it), opt, learner)
+        # only the meta-train domains were written, in their order
+        t = int(out["meta_test_domain"])
+        assert [d for d, _ in spy.updates] == [d for d in range(num_domains) if d != t]
+        spy.assert_no_mixture_written()
+
+
+def test_spy_catches_a_mixture_written_by_shape_heuristics(monkeypatch):
+    # Positive control: the old rule "write when the row count equals the batch size"
+    # writes the two-source mixture into the meta-test memory; the spy must see it.
+    model = tiny_model()
+    banks = make_banks(2)
+    spy = Spy(monkeypatch, banks)
+    obj = M3LObjective(banks, 2, metabn=True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    learner = MetaLearner(model, opt, generator=torch.Generator().manual_seed(0))
+
+    def heuristic(m, batch, domain, phase):
+        out, pids = m(batch["img"]), batch["pid"]
+        reps = out.features.shape[0] // pids.shape[0]
+        if reps == 1:  # the old shape test
+            banks[domain].update(out.features, pids)
+        return obj.memory_loss(out.features, pids.repeat(reps), banks[domain])
+
+    model.train()
+    learner.step(make_batches(2), heuristic)
+    with pytest.raises(AssertionError, match="received a MetaBN mixture"):
+        spy.assert_no_mixture_written()
+
+
+@pytest.mark.parametrize("num_domains", [2, 3])
+def test_meta_without_metabn_writes_the_meta_test_features_at_theta_prime(num_domains):
+    model = tiny_model()
+    model.neck = nn.BatchNorm1d(6)  # type: ignore[assignment]  # method "meta"
+    banks = make_banks(num_domains)
+    updates: list[int] = []
+    for d, bank in enumerate(banks):
+        original = bank.update
+        bank.update = lambda f, y, d=d, o=original: (updates.append(d), o(f, y))  # type: ignore[method-assign]
+    obj = M3LObjective(banks, num_domains, metabn=False)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    learner = MetaLearner(model, opt, generator=torch.Generator().manual_seed(1))
+    out = obj.step(model.train(), make_batches(num_domains), opt, learner)
+    t = int(out["meta_test_domain"])
+    assert updates == [*(d for d in range(num_domains) if d != t), t]
+
+
+def test_after_timing_writes_an_extra_train_mode_forward_of_every_domain():
+    # Published code: after the outer step, a no-grad train-mode forward of every source
+    # batch (BN running statistics move again), then the per-sample renormalised update.
+    model = tiny_model().train()
+    banks = make_banks(3, update="sequential")
+    obj = M3LObjective(banks, 3, metabn=True, memory_update_timing="after")
+    batches = make_batches(3)
+    ref_model = copy.deepcopy(model)
+    ref_memories = [b.features.clone() for b in banks]
+    for d, b in enumerate(batches):  # independent reference: a per-sample Python loop
+        with torch.no_grad():
+            feats = ref_model(b["img"]).features
+        for f, y in zip(feats, b["pid"].tolist()):
+            row = 0.2 * ref_memories[d][y] + 0.8 * f
+            ref_memories[d][y] = row / row.norm()
+    obj.update_memories(model, batches, written=[(0, None)])
+    for bank, ref in zip(banks, ref_memories):
+        torch.testing.assert_close(bank.features, ref, rtol=1e-6, atol=1e-6)
+    bn, ref_bn = model.backbone[1], ref_model.backbone[1]
+    torch.testing.assert_close(bn.running_mean, ref_bn.running_mean, rtol=0, atol=0)
+    assert int(bn.num_batches_tracked) == 3
+
+
+def test_loss_refuses_wrong_row_counts_and_eval_mode():
+    model = tiny_model()
+    obj = M3LObjective(make_banks(3), 3, metabn=True)
+    batch = make_batches(3)[0]
+    with pytest.raises(RuntimeError, match="expected 2 x 6"):
+        obj.loss(model.train(), batch, 0, Phase.META_TEST)  # neck in phase normal: 6 rows
+    with pytest.raises(RuntimeError, match="returned a tensor in train mode"):
+        obj.loss(model.eval(), batch, 0, Phase.NORMAL)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        (dict(id_loss="nope"), ValueError, "id_loss"),
+        (dict(memory_update_timing="later"), ValueError, "memory_update_timing"),
+        (dict(num_domains=0), ValueError, "num_domains"),
+        (dict(num_domains=2), ValueError, "one MemoryBank per domain"),
+        (dict(memories=[object()] * 3), TypeError, r"memories\[0\]"),
+        (dict(id_loss="fc_global"), ValueError, "pid_offsets"),
+    ],
+)
+def test_bad_arguments(kwargs, exc, match):
+    args = dict(memories=make_banks(3), num_domains=3)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        M3LObjective(args.pop("memories"), args.pop("num_domains"), **args)
+
+
+def test_step_refuses_a_wrong_number_of_batches_and_changes_nothing():
+    model = tiny_model()
+    banks = make_banks(3)
+    before = [b.features.clone() for b in banks]
+    params = [p.detach().clone() for p in model.parameters()]
+    obj = M3LObjective(banks, 3)
+    with pytest.raises(ValueError, match="one batch per domain"):
+        obj.step(model.train(), make_batches(2), torch.optim.Adam(model.parameters()))
+    assert all(torch.equal(a.features, b) for a, b in zip(banks, before))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))

@@ -1,11 +1,14 @@
 """Reproduce the M3L experiments (Table 3 of the paper).
 
 With no arguments: writes the built-in synthetic multi-domain benchmark (four domains that
-differ in style) to ``./data/synthetic``, then trains the baseline, meta-learning without
-MetaBN and full M3L leave-one-domain-out (each domain once as the unseen target, the other
-three as sources) with a CPU-sized ResNet-10, and prints a results table like Table 3.
-Takes about nine minutes on two CPU cores; ``--smoke`` does the same on one target with a
-few iterations in about a minute.
+differ in style) to ``./data/synthetic`` (or reuses it after checking its content hashes),
+then trains the baseline, meta-learning without MetaBN and full M3L leave-one-domain-out
+(each domain once as the unseen target, the other three as sources) with a CPU-sized
+ResNet-10 and the exact second-order meta step, and prints a results table like Table 3.
+``--seeds N`` repeats every run with N training seeds and prints mean +- std per column
+and the paired differences to the baseline; ``--preset published|paper`` sets every
+paper-versus-code switch. ``--smoke`` does one target with a few iterations in about a
+minute.
 
 On the real datasets (layouts in docs/data.md)::
 
@@ -48,9 +51,6 @@ SYNTHETIC = dict(
     lr=1e-3,
     eval_every=0,
     workers=0,
-    # Second order through the fresh-Adam inner step diverges when training from scratch
-    # on this benchmark (see docs/training.md, "Known issues"); first order is stable.
-    first_order=True,
     plots=False,  # pictures cost minutes of t-SNE on 2 cores; add `-- --plots` for them
 )
 SMOKE = dict(SYNTHETIC, epochs=2, iters_per_epoch=4, num_identities=4)
@@ -91,13 +91,29 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         help="synthetic target domains (default: all; --smoke: the last)",
     )
     parser.add_argument("--output-dir", default="runs/reproduce")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="first training seed (default 0)")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="training seeds per run: seed, seed+1, ... (1)"
+    )
+    parser.add_argument(
+        "--preset",
+        choices=("none", "paper", "published"),
+        default=None,
+        help="set every paper-vs-code switch (docs/training.md, Presets); flags after -- win",
+    )
+    parser.add_argument(
+        "--data-seed", type=int, default=0, help="seed of the synthetic benchmark (0)"
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     args, extra = parser.parse_known_args(argv)
     if extra and extra[0] == "--":
         extra = extra[1:]
     if (args.data_dir is None) != (args.target is None):
         parser.error("--data-dir and --target go together (real datasets)")
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.preset is not None:  # applied before the flags after --, which override it
+        extra = ["--preset", args.preset, *extra]
     return args, extra
 
 
@@ -110,6 +126,7 @@ def config_for(
     data_dir: str,
     base: dict[str, Any],
     out: Path,
+    seed: int,
 ) -> TrainConfig:
     data = TrainConfig().to_dict()
     data.update(base)
@@ -119,7 +136,7 @@ def config_for(
         target=target,
         data_dir=data_dir,
         output_dir=str(out),
-        seed=args.seed,
+        seed=seed,
     )
     if args.arch:
         data["arch"] = args.arch
@@ -137,23 +154,57 @@ def run(cfg: TrainConfig, log: Any = print) -> tuple[EvalResult, TrainResult]:
     return untrained, trainer.fit()
 
 
-def table(rows: dict[str, list[EvalResult]], targets: list[str]) -> str:
-    head = "| method | " + " | ".join(f"{t} mAP / R1" for t in targets)
-    head += " | mean mAP | mean R1 | mean R5 | mean R10 |"
-    lines = [head, "|" + "---|" * (len(targets) + 5)]
-    for name, results in rows.items():
-        cells = [f"{r.mAP:.1f} / {r.rank1:.1f}" for r in results]
+COLUMNS = ("mAP", "rank1", "rank5", "rank10")
+
+
+def _mean_std(values: list[float]) -> str:
+    """``mean`` for one value, ``mean ± std`` (sample std over seeds) for several."""
+    n = len(values)
+    mean = sum(values) / n
+    if n == 1:
+        return f"{mean:.1f}"
+    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def _cells(per_seed: list[list[EvalResult]]) -> list[list[float]]:
+    """Per seed: each target's mAP and R1, then the mean over targets of every column."""
+    rows = []
+    for results in per_seed:
+        values: list[float] = []
+        for r in results:
+            values += [r.mAP, r.rank1]
         n = len(results)
-        means = [
-            sum(getattr(r, k) for r in results) / n for k in ("mAP", "rank1", "rank5", "rank10")
-        ]
-        lines.append(
-            f"| {name} | "
-            + " | ".join(cells)
-            + " | "
-            + " | ".join(f"{m:.1f}" for m in means)
-            + " |"
-        )
+        values += [sum(getattr(r, k) for r in results) / n for k in COLUMNS]
+        rows.append(values)
+    return rows
+
+
+def table(
+    rows: dict[str, list[list[EvalResult]]],
+    targets: list[str],
+    differences: dict[str, tuple[str, str]] | None = None,
+) -> str:
+    """Results table: one row per method, ``mean ± std`` over seeds in every cell.
+
+    ``rows[name][seed][target]`` holds the results. ``differences`` maps a row name to
+    ``(method, reference)``: that row gives the paired difference ``method - reference``
+    per seed (same seed, same data), as mean ± std over seeds.
+    """
+    head = "| method | " + " | ".join(f"{t} mAP | {t} R1" for t in targets)
+    head += " | mean mAP | mean R1 | mean R5 | mean R10 |"
+    width = 2 * len(targets) + 4
+    lines = [head, "|" + "---|" * (width + 1)]
+    cells = {name: _cells(per_seed) for name, per_seed in rows.items()}
+    for name, per_seed in cells.items():
+        cols = [[seed[c] for seed in per_seed] for c in range(width)]
+        lines.append(f"| {name} | " + " | ".join(_mean_std(c) for c in cols) + " |")
+    for name, (method, ref) in (differences or {}).items():
+        if method not in cells or ref not in cells:
+            continue
+        a, b = cells[method], cells[ref]
+        cols = [[x[c] - y[c] for x, y in zip(a, b, strict=True)] for c in range(width)]
+        lines.append(f"| {name} | " + " | ".join(_mean_std(c) for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -172,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
         ]
     else:
-        bench = prepare_synthetic_benchmark(args.synthetic_dir, seed=args.seed)
+        bench = prepare_synthetic_benchmark(args.synthetic_dir, seed=args.data_seed)
         print(
             f"synthetic benchmark: {bench.num_domains} domains in {bench.root}"
             f" ({'generated' if bench.generated else 'already present'})"
@@ -190,28 +241,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for t in targets
         ]
 
-    rows: dict[str, list[EvalResult]] = {"Untrained (same init)": []}
-    rows.update({LABELS[m]: [] for m in args.methods})
-    best: dict[str, list[EvalResult]] = {LABELS[m]: [] for m in args.methods}
-    for sources, target, data_dir, label in experiments:
-        for i, method in enumerate(args.methods):
-            out = out_root / label / method
-            cfg = config_for(args, extra, method, sources, target, data_dir, base, out)
-            print(f"\n=== {LABELS[method]}: {' + '.join(sources)} -> {target} ===")
-            untrained, result = run(cfg)
-            if i == 0:
-                rows["Untrained (same init)"].append(untrained)
-            rows[LABELS[method]].append(result.final)
-            best[LABELS[method]].append(result.best)
+    seeds = [args.seed + i for i in range(args.seeds)]
+    names = ["Untrained (same init)", *(LABELS[m] for m in args.methods)]
+    rows: dict[str, list[list[EvalResult]]] = {n: [[] for _ in seeds] for n in names}
+    best: dict[str, list[list[EvalResult]]] = {LABELS[m]: [[] for _ in seeds] for m in args.methods}
+    presets: set[str] = set()
+    for s, seed in enumerate(seeds):
+        for sources, target, data_dir, label in experiments:
+            for i, method in enumerate(args.methods):
+                out = out_root / f"seed{seed}" / label / method
+                cfg = config_for(args, extra, method, sources, target, data_dir, base, out, seed)
+                presets.add(cfg.preset)
+                print(f"\n=== seed {seed}: {LABELS[method]}: {' + '.join(sources)} -> {target} ===")
+                untrained, result = run(cfg)
+                if i == 0:
+                    rows["Untrained (same init)"][s].append(untrained)
+                rows[LABELS[method]][s].append(result.final)
+                best[LABELS[method]][s].append(result.best)
 
     labels = [e[3] for e in experiments]
     elapsed = time.perf_counter() - start
-    print(f"\nResults on the unseen target domain (last epoch), {elapsed / 60:.1f} min:")
-    print(table(rows, labels))
+    differences = {
+        "M3L − Baseline (paired)": (LABELS["m3l"], LABELS["baseline"]),
+        "Meta − Baseline (paired)": (LABELS["meta"], LABELS["baseline"]),
+    }
+    spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
+    print(
+        f"\nResults on the unseen target domain (last epoch; {spread}; preset "
+        f"{', '.join(sorted(presets))}), {elapsed / 60:.1f} min:"
+    )
+    print(table(rows, labels, differences))
     summary = {
         "targets": labels,
-        "final": {k: [r.as_dict() for r in v] for k, v in rows.items()},
-        "best_selected_on_target": {k: [r.as_dict() for r in v] for k, v in best.items()},
+        "seeds": seeds,
+        "preset": sorted(presets),
+        "final": {k: [[r.as_dict() for r in v] for v in per] for k, per in rows.items()},
+        "best_selected_on_target": {
+            k: [[r.as_dict() for r in v] for v in per] for k, per in best.items()
+        },
         "seconds": elapsed,
     }
     if args.json:

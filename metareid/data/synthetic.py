@@ -48,6 +48,7 @@ libjpeg), and a domain's content does not depend on ``num_domains``.
 from __future__ import annotations
 
 import colorsys
+import hashlib
 import json
 import math
 import os
@@ -892,6 +893,8 @@ def generate_synthetic_benchmark(
         if folder.is_dir():
             shutil.rmtree(folder)
     domains = [_write_domain(root, index, params) for index in range(num_domains)]
+    for domain in domains:
+        domain["sha256"] = _content_digests(root, domain)
     manifest = {
         "format": "metareid-synthetic-reid",
         "generator_version": GENERATOR_VERSION,
@@ -943,8 +946,22 @@ def load_synthetic_manifest(root: str | Path) -> SyntheticBenchmark:
         raise ValueError(f"'{path}' is not a valid synthetic benchmark manifest: {err}") from err
 
 
+def _content_digests(root: Path, domain: dict[str, Any]) -> dict[str, str]:
+    """SHA-256 of each split folder: over the sorted file names and their contents."""
+    base = root / domain["name"] / _MARKET_DIR
+    out: dict[str, str] = {}
+    for split, folder in _SPLIT_DIRS.items():
+        digest = hashlib.sha256()
+        for path in sorted((base / folder).iterdir()):
+            if path.is_file():
+                digest.update(path.name.encode() + b"\0")
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+        out[split] = digest.hexdigest()
+    return out
+
+
 def _is_complete(root: Path, manifest: dict[str, Any]) -> bool:
-    """Whether every domain folder holds the number of files the manifest lists."""
+    """Whether every split folder holds exactly the files (names and bytes) of the manifest."""
     for domain in manifest["domains"]:
         base = root / domain["name"] / _MARKET_DIR
         for split, folder in _SPLIT_DIRS.items():
@@ -953,6 +970,8 @@ def _is_complete(root: Path, manifest: dict[str, Any]) -> bool:
             count = sum(1 for p in (base / folder).iterdir() if p.suffix == ".jpg")
             if count != domain["num_files"][split]:
                 return False
+        if domain.get("sha256") != _content_digests(root, domain):
+            return False
     return True
 
 
@@ -972,8 +991,10 @@ def prepare_synthetic_benchmark(
     """The benchmark under ``root``, generated only if it is not already there.
 
     The files are reused when ``root/synthetic_manifest.json`` records the same parameters
-    and generator version and every split folder holds the listed number of files;
-    otherwise :func:`generate_synthetic_benchmark` runs. Arguments and defaults are those of
+    and generator version and every split folder holds exactly the files the manifest's
+    SHA-256 content hashes describe (names and bytes); otherwise
+    :func:`generate_synthetic_benchmark` runs (it only replaces the benchmark's own domain
+    folders). Arguments and defaults are those of
     :func:`generate_synthetic_benchmark`.
 
     Returns:

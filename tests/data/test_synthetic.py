@@ -165,3 +165,26 @@ def test_default_benchmark(tmp_path: Path) -> None:
         assert d.gallery.num_imgs == 2 * d.query.num_imgs + 10
     sources = MultiSourceDataset([build_dataset("synthetic", tmp_path, domain=d) for d in range(3)])
     assert sources.num_classes_per_domain == (40, 40, 40)
+
+
+def test_prepare_verifies_content_hashes_before_reusing(tmp_path):
+    import hashlib
+    import json
+
+    from metareid.data import prepare_synthetic_benchmark
+
+    small = dict(num_domains=1, train_ids_per_domain=2, test_ids_per_domain=1, num_junk=0)
+    first = prepare_synthetic_benchmark(tmp_path, **small)
+    manifest = json.loads((tmp_path / "synthetic_manifest.json").read_text())
+    assert set(manifest["domains"][0]["sha256"]) == {"train", "query", "gallery"}
+    victim = sorted((tmp_path / "synth_d0").rglob("*.jpg"))[0]
+    original = hashlib.sha256(victim.read_bytes()).hexdigest()
+    assert prepare_synthetic_benchmark(tmp_path, **small).generated is False
+    victim.write_bytes(victim.read_bytes()[:-7] + b"garbage")  # same count, other bytes
+    again = prepare_synthetic_benchmark(tmp_path, **small)
+    assert again.generated is True and again == first.__class__(**{**first.__dict__, "generated": True})
+    assert hashlib.sha256(victim.read_bytes()).hexdigest() == original
+    # A manifest without hashes (older metareid) is not trusted either.
+    del manifest["domains"][0]["sha256"]
+    (tmp_path / "synthetic_manifest.json").write_text(json.dumps(manifest))
+    assert prepare_synthetic_benchmark(tmp_path, **small).generated is True

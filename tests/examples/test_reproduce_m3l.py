@@ -44,8 +44,80 @@ def test_smoke_run_prints_a_table_3_like_table(tmp_path, capsys):
         assert row in printed
     assert "mean mAP | mean R1 | mean R5 | mean R10" in printed
     assert json.loads(out.read_text())["targets"] == summary["targets"] == ["D3"]
-    for rows in summary["final"].values():
-        assert all(0 <= r["mAP"] <= 100 for r in rows)
+    assert summary["seeds"] == [0] and summary["preset"] == ["none"]
+    for per_seed in summary["final"].values():
+        for rows in per_seed:
+            assert all(0 <= r["mAP"] <= 100 for r in rows)
+    assert "| M3L − Baseline (paired) |" in printed
+
+
+def _r(mAP, r1, r5=0.0, r10=0.0):
+    from metareid.engine import EvalResult
+
+    return EvalResult(1, mAP, r1, r5, r10, 0.0)
+
+
+def test_table_reports_mean_std_over_seeds_and_paired_differences():
+    example = load_example()
+    rows = {
+        "Baseline": [[_r(10, 20), _r(30, 40)], [_r(14, 20), _r(30, 44)]],
+        "M3L": [[_r(13, 21), _r(30, 40)], [_r(15, 25), _r(36, 44)]],
+    }
+    text = example.table(rows, ["D0", "D1"], {"M3L − Baseline": ("M3L", "Baseline")})
+    lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()}
+    # Baseline D0 mAP over seeds: 10, 14 -> mean 12, sample std 2.83
+    assert lines["Baseline"].startswith("| Baseline | 12.0 ± 2.8 | 20.0 ± 0.0 | 30.0 ± 0.0 |")
+    # Paired differences per seed, by hand. Seed 0: D0 (3, 1), D1 (0, 0), means (1.5, 0.5);
+    # seed 1: D0 (1, 5), D1 (6, 0), means (3.5, 2.5). Mean ± sample std over the 2 seeds:
+    assert lines["M3L − Baseline"].split(" | ")[1:7] == [
+        "2.0 ± 1.4",
+        "3.0 ± 2.8",
+        "3.0 ± 4.2",
+        "0.0 ± 0.0",
+        "2.5 ± 1.4",
+        "1.5 ± 1.4",
+    ]
+    one = example.table({"Baseline": [rows["Baseline"][0]]}, ["D0", "D1"])
+    assert "| Baseline | 10.0 | 20.0 | 30.0 | 40.0 | 20.0 | 30.0 |" in one  # no ± for 1 seed
+
+
+def test_seeds_and_preset_reach_the_configs(tmp_path):
+    example = load_example()
+    args, extra = example.parse_args(
+        ["--seeds", "3", "--preset", "published", "--", "--lr", "1e-3"]
+    )
+    assert args.seeds == 3 and extra[:2] == ["--preset", "published"]
+    cfg = example.config_for(
+        args,
+        extra,
+        "m3l",
+        ("synthetic:0", "synthetic:1"),
+        "synthetic:2",
+        str(tmp_path),
+        example.SYNTHETIC,
+        tmp_path / "out",
+        seed=5,
+    )
+    assert cfg.seed == 5 and cfg.preset == "published" and cfg.lr == 1e-3
+    assert (cfg.memory_update, cfg.memory_update_timing, cfg.metabn_scale) == (
+        "sequential",
+        "after",
+        "var",
+    )
+    assert cfg.first_order is False and cfg.inner_eps_root == 1e-5
+    args, extra = example.parse_args(["--preset", "published", "--", "--memory-update", "mean"])
+    cfg = example.config_for(
+        args,
+        extra,
+        "m3l",
+        ("synthetic:0", "synthetic:1"),
+        "synthetic:2",
+        str(tmp_path),
+        example.SYNTHETIC,
+        tmp_path / "out",
+        seed=0,
+    )
+    assert cfg.memory_update == "mean" and cfg.metabn_scale == "var"
 
 
 # ---------------------------------------------------------------------------- fake trees
@@ -162,6 +234,6 @@ def test_real_data_protocol_end_to_end_on_fake_trees(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "msmt17:V2 + dukemtmc + cuhk03 -> market1501" in printed
     assert summary["targets"] == ["market1501"]
-    cfg = json.loads((tmp_path / "runs" / "market1501" / "m3l" / "config.json").read_text())
+    cfg = json.loads((tmp_path / "runs" / "seed0" / "market1501" / "m3l" / "config.json").read_text())
     assert cfg["sources"] == ["msmt17:V2", "dukemtmc", "cuhk03"]
     assert cfg["arch"] == "resnet18" and cfg["epochs"] == 1

@@ -172,7 +172,7 @@ class M3LObjective:
             out = model(images)
         if isinstance(out, Tensor):
             raise RuntimeError("the model returned a tensor in train mode; call model.train()")
-        feats, pooled = out.features.float(), out.pooled.float()
+        feats, pooled = _full_precision(out.features), _full_precision(out.pooled)
         reps = self.mixtures(phase)
         if feats.shape[0] != reps * pids.shape[0]:
             raise RuntimeError(
@@ -186,10 +186,10 @@ class M3LObjective:
             loss = loss + self.memory_loss(feats, labels, self.memories[domain])
         elif self.id_loss == "fc_global":
             assert self.pid_offsets is not None
-            logits = _logits(out.logits).float()
+            logits = _full_precision(_logits(out.logits))
             loss = loss + F.cross_entropy(logits, labels + self.pid_offsets[domain])
         elif self.id_loss == "fc_domain":
-            loss = loss + F.cross_entropy(_logits(out.logits, domain).float(), labels)
+            loss = loss + F.cross_entropy(_full_precision(_logits(out.logits, domain)), labels)
         if self.triplet:
             loss = loss + self.triplet_loss(pooled, pids)
         mixed = phase is Phase.META_TEST and self.metabn
@@ -277,11 +277,16 @@ class M3LObjective:
                     out = model(b["img"])
                     if isinstance(out, Tensor):
                         raise RuntimeError("the model returned a tensor in train mode")
-                    self.memories[d].update(out.features.float(), b["pid"])
+                    self.memories[d].update(_full_precision(out.features), b["pid"])
             return
         for d, aux in written:
             if aux is not None:
                 self.memories[d].update(aux["features"], aux["pid"])
+
+
+def _full_precision(t: Tensor) -> Tensor:
+    """Autocast's float16/bfloat16 outputs as float32; float32 and float64 as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _logits(logits: Any, domain: int | None = None) -> Tensor:

@@ -182,7 +182,9 @@ def test_prepare_verifies_content_hashes_before_reusing(tmp_path):
     assert prepare_synthetic_benchmark(tmp_path, **small).generated is False
     victim.write_bytes(victim.read_bytes()[:-7] + b"garbage")  # same count, other bytes
     again = prepare_synthetic_benchmark(tmp_path, **small)
-    assert again.generated is True and again == first.__class__(**{**first.__dict__, "generated": True})
+    assert again.generated is True and again == first.__class__(
+        **{**first.__dict__, "generated": True}
+    )
     assert hashlib.sha256(victim.read_bytes()).hexdigest() == original
     # A manifest without hashes (older metareid) is not trusted either.
     del manifest["domains"][0]["sha256"]

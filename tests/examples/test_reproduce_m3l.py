@@ -234,6 +234,8 @@ def test_real_data_protocol_end_to_end_on_fake_trees(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "msmt17:V2 + dukemtmc + cuhk03 -> market1501" in printed
     assert summary["targets"] == ["market1501"]
-    cfg = json.loads((tmp_path / "runs" / "seed0" / "market1501" / "m3l" / "config.json").read_text())
+    cfg = json.loads(
+        (tmp_path / "runs" / "seed0" / "market1501" / "m3l" / "config.json").read_text()
+    )
     assert cfg["sources"] == ["msmt17:V2", "dukemtmc", "cuhk03"]
     assert cfg["arch"] == "resnet18" and cfg["epochs"] == 1

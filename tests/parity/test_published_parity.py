@@ -10,12 +10,9 @@ running statistics and memories must agree to 1e-6.
 
 from __future__ import annotations
 
-import copy
-
 import m3l_reference as ref
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from metareid import HardTripletLoss, MemoryBank, MemoryIDLoss, MetaLearner

@@ -48,7 +48,8 @@ def rank_env(rank: int, world_size: int, port: int) -> dict[str, str]:
     return env
 
 
-def child_env() -> dict[str, str]:
+@pytest.fixture
+def torchrun_env() -> dict[str, str]:
     """The environment for a torchrun subprocess: this checkout's metareid, one thread."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     root = str(Path(metareid.__file__).resolve().parents[1])

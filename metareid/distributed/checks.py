@@ -68,7 +68,7 @@ def check_config_consistency(
         >>> check_config_consistency({"device": object()})
         Traceback (most recent call last):
         ...
-        TypeError: config must be JSON-serialisable: Object of type object is not JSON serializable
+        TypeError: config must be JSON-serialisable: ...
     """
     text, error = _config_text(config)
     if not active(group):

@@ -104,6 +104,8 @@ def all_gather_concat(tensor: Tensor, group: dist.ProcessGroup | None = None) ->
     if not active(group):
         return tensor.detach()
     rows = _gather_layout(tensor, group, "tensor")
+    if max(rows) == 0:  # nothing anywhere: no collective on empty buffers
+        return tensor.detach()
     device = comm_device(group, tensor.device)
     is_bool = tensor.dtype == torch.bool  # gloo cannot gather bool tensors
     local = tensor.detach().to(torch.uint8) if is_bool else tensor.detach()
@@ -157,6 +159,8 @@ def all_gather_concat_with_grad(tensor: Tensor, group: dist.ProcessGroup | None 
     if not active(group):
         return tensor
     rows = _gather_layout(tensor, group, "tensor")
+    if max(rows) == 0:  # nothing anywhere (the same answer on every rank)
+        return tensor
     device = comm_device(group, tensor.device)
     local = _pad_rows(tensor.to(device), max(rows))
     out = all_gather_autograd(local, group)

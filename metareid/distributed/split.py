@@ -64,7 +64,7 @@ def _slice_value(key: str, value: Any, batch_size: int, start: int, stop: int) -
             raise ValueError(
                 f"batch[{key!r}] must have {batch_size} entries like batch's ids, got {len(value)}"
             )
-        return type(value)(value[start:stop])
+        return value[start:stop]
     return value
 
 

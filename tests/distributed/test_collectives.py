@@ -45,6 +45,8 @@ def _context_and_gather(ctx, out):
         )
     empty = torch.zeros(0, 3) if ctx.rank == 0 else torch.ones(2, 3)
     assert torch.equal(all_gather_concat(empty), torch.ones(2, 3))
+    assert all_gather_concat(torch.zeros(0, 3)).shape == (0, 3)
+    assert all_gather_concat_with_grad(torch.zeros(0, 3)).shape == (0, 3)
     with pytest.raises(
         ValueError, match=r"rank 0: trailing shape \(3,\).*rank 1: trailing shape \(4,\)"
     ):

@@ -1,0 +1,179 @@
+"""Whole-batch losses across ranks: 2 gloo ranks = 2 micro-batches in one process = 1 batch.
+
+The model has a BatchNorm1d so that per-rank statistics matter: 2 ranks must equal
+MicroBatchRanks(2) exactly (float64), and, without the BatchNorm, the plain one-process
+losses of metareid.functional on the whole batch.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from metareid import MemoryBank
+from metareid.distributed import (
+    MicroBatchRanks,
+    ProcessRanks,
+    all_gather_concat,
+    hard_triplet_loss_across_ranks,
+    local_chunks,
+    memory_id_loss_across_ranks,
+    split_batch_by_identity,
+)
+from metareid.functional import hard_triplet_loss, memory_id_loss
+
+pytestmark = pytest.mark.distributed
+
+NUM_IDS, K, D_IN, D = 4, 3, 6, 5
+
+
+def make_model(bn: bool) -> nn.Module:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(D_IN, D)]
+    if bn:
+        layers.append(nn.BatchNorm1d(D))
+    layers += [nn.Tanh(), nn.Linear(D, D)]
+    return nn.Sequential(*layers).double()
+
+
+def make_batch(seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(NUM_IDS, generator=gen)
+    pids = order.repeat_interleave(K)  # the sampler's layout: K in a row per identity
+    return {"x": torch.randn(NUM_IDS * K, D_IN, dtype=torch.float64, generator=gen), "pid": pids}
+
+
+def make_memory(seed: int) -> MemoryBank:
+    bank = MemoryBank(NUM_IDS, D, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    bank.init_from(
+        F.normalize(torch.randn(3 * NUM_IDS, D, dtype=torch.float64, generator=gen), dim=1),
+        torch.arange(3 * NUM_IDS) % NUM_IDS,
+    )
+    return bank
+
+
+def objective(model, params, chunks, ranks, memory):
+    """Eq. 8 of the paper on a split batch: triplet on raw, memory loss on normalised features."""
+    feats = [functional_call(model, params, (c["x"],)) for c in chunks]
+    pids = [c["pid"] for c in chunks]
+    normed = [F.normalize(f, dim=1) for f in feats]
+    return hard_triplet_loss_across_ranks(feats, pids, ranks) + memory_id_loss_across_ranks(
+        normed, pids, memory, ranks
+    )
+
+
+def meta_step(model, train, test, memories, ranks, first_order):
+    """Algorithm 1's gradient with the global meta-train gradient: returns (L_mtr, L_mte)."""
+    names, params = zip(*[(n, p) for n, p in model.named_parameters()])
+    inner = objective(
+        model, dict(zip(names, params)), local_chunks(train, ranks), ranks, memories[0]
+    )
+    grads = torch.autograd.grad(inner, params, create_graph=not first_order)
+    grads = ranks.all_reduce_mean(grads)  # MetaLearner's grad_transform
+    fast = {n: p - 0.1 * g for n, p, g in zip(names, params, grads)}
+    outer = objective(model, fast, local_chunks(test, ranks), ranks, memories[1])
+    outer.backward(inputs=list(params))
+    for p, g in zip(params, grads):
+        p.grad.add_(g.detach())
+    ranks.all_reduce_grads_(params)  # the outer all-reduce
+    return inner.detach(), outer.detach()
+
+
+def plain_objective(model, params, batch, memory):
+    feats = functional_call(model, params, (batch["x"],))
+    return hard_triplet_loss(feats, batch["pid"]) + memory_id_loss(
+        F.normalize(feats, dim=1), batch["pid"], memory.snapshot()
+    )
+
+
+def plain_meta_step(model, train, test, memories, first_order):
+    names, params = zip(*[(n, p) for n, p in model.named_parameters()])
+    inner = plain_objective(model, dict(zip(names, params)), train, memories[0])
+    grads = torch.autograd.grad(inner, params, create_graph=not first_order)
+    fast = {n: p - 0.1 * g for n, p, g in zip(names, params, grads)}
+    outer = plain_objective(model, fast, test, memories[1])
+    outer.backward(inputs=list(params))
+    for p, g in zip(params, grads):
+        p.grad.add_(g.detach())
+    return inner.detach(), outer.detach()
+
+
+def _losses(ctx, out):
+    train, test = make_batch(1), make_batch(2)
+    memories = [make_memory(3), make_memory(4)]
+    real = ProcessRanks()
+    for bn in (True, False):
+        for first_order in (False, True):
+            model = make_model(bn)
+            losses = meta_step(model, train, test, memories, real, first_order)
+            # The mean over ranks of the returned losses is the whole-batch loss.
+            mean_losses = all_gather_concat(torch.stack(losses)[None]).mean(dim=0)
+
+            emulated = make_model(bn)
+            emulated_losses = meta_step(
+                emulated, train, test, memories, MicroBatchRanks(2), first_order
+            )
+            torch.testing.assert_close(
+                mean_losses, torch.stack(emulated_losses), rtol=1e-12, atol=1e-12
+            )
+            for (name, p), q in zip(model.named_parameters(), emulated.parameters()):
+                torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+            if bn:  # per-rank statistics, as DataParallel's per GPU: they differ between ranks
+                torch.save(model[1].running_mean, out / f"running_mean{ctx.rank}_{first_order}.pt")
+            else:
+                single = make_model(False)
+                single_losses = plain_meta_step(single, train, test, memories, first_order)
+                torch.testing.assert_close(
+                    mean_losses, torch.stack(single_losses), rtol=1e-12, atol=1e-12
+                )
+                for (name, p), q in zip(model.named_parameters(), single.parameters()):
+                    torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+            torch.save(
+                [p.grad for p in model.parameters()], out / f"grads{ctx.rank}_{bn}_{first_order}.pt"
+            )
+
+
+def test_meta_step_on_two_ranks_equals_two_micro_batches_and_one_batch(run_ranks):
+    out = run_ranks(_losses)
+    for name in sorted(p.name for p in out.glob("grads0_*.pt")):
+        rank0 = torch.load(out / name)
+        rank1 = torch.load(out / name.replace("grads0", "grads1"))
+        assert all(torch.equal(a, b) for a, b in zip(rank0, rank1)), name
+    for first_order in (False, True):
+        means = [torch.load(out / f"running_mean{r}_{first_order}.pt") for r in range(2)]
+        assert not torch.allclose(means[0], means[1])
+
+
+def test_micro_batch_losses_equal_the_plain_losses_on_the_whole_batch():
+    batch = make_batch(5)
+    feats = torch.randn(NUM_IDS * K, D, dtype=torch.float64, requires_grad=True)
+    memory = make_memory(6)
+    chunks = split_batch_by_identity({"f": feats, "pid": batch["pid"]}, 2)
+    parts, pids = [c["f"] for c in chunks], [c["pid"] for c in chunks]
+    ranks = MicroBatchRanks(2)
+    assert torch.equal(
+        hard_triplet_loss_across_ranks(parts, pids, ranks), hard_triplet_loss(feats, batch["pid"])
+    )
+    assert torch.equal(
+        memory_id_loss_across_ranks(parts, pids, memory, ranks),
+        memory_id_loss(feats, batch["pid"], memory.snapshot()),
+    )
+    # One rank without a process group: the plain losses too.
+    assert torch.equal(
+        hard_triplet_loss_across_ranks(feats, batch["pid"]), hard_triplet_loss(feats, batch["pid"])
+    )
+    with pytest.raises(
+        ValueError, match=r"features must hold one tensor per local rank of the group \(2\), got 1"
+    ):
+        hard_triplet_loss_across_ranks([feats], [batch["pid"]], ranks)
+    with pytest.raises(
+        ValueError,
+        match=r"features\[1\] must have shape \(B, D\) and labels\[1\] shape \(B,\) with the same B",
+    ):
+        memory_id_loss_across_ranks(parts, [pids[0], pids[1][:-1]], memory, ranks)
+    with pytest.raises(TypeError, match="memory must be a MemoryBank or a"):
+        memory_id_loss_across_ranks(parts, pids, [1.0], ranks)  # type: ignore[arg-type]

@@ -199,3 +199,80 @@ def test_step_refuses_a_wrong_number_of_batches_and_changes_nothing():
         obj.step(model.train(), make_batches(2), torch.optim.Adam(model.parameters()))
     assert all(torch.equal(a.features, b) for a, b in zip(banks, before))
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
+
+
+# ---------------------------------------------------------------------------- trainer, amp
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_trainer_mixed_precision_on_cpu_trains_with_finite_gradients(
+    tiny_bench, tiny_config, tmp_path, amp, monkeypatch
+):
+    from metareid.engine import Trainer
+
+    cfg = tiny_config(
+        tiny_bench, tmp_path / amp, amp=amp, method="m3l", iters_per_epoch=3, arch="resnet10"
+    )
+    trainer = Trainer(cfg, log=lambda _m: None)
+    assert (trainer.grad_scaler is not None) is (amp == "fp16")
+    assert trainer.learner is not None and trainer.learner.grad_scaler is trainer.grad_scaler
+    if amp == "fp16":  # the default initial scale (2^16) overflows, and skips, at first
+        trainer.grad_scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+        trainer.learner.grad_scaler = trainer.grad_scaler
+    seen: list[torch.dtype] = []
+    original = trainer.model.backbone.forward
+
+    def spy(x):
+        out = original(x)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(trainer.model.backbone, "forward", spy)
+    grads_finite: list[bool] = []
+    step = trainer.optimizer.step
+
+    def check_step(*a, **k):
+        grads_finite.append(
+            all(
+                torch.isfinite(p.grad).all()
+                for p in trainer.model.parameters()
+                if p.grad is not None
+            )
+        )
+        return step(*a, **k)
+
+    monkeypatch.setattr(trainer.optimizer, "step", check_step)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    result = trainer.fit()
+    expected = torch.bfloat16 if amp == "bf16" else torch.float16
+    assert expected in seen  # the forwards really ran in reduced precision
+    assert grads_finite and all(grads_finite)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert 0 <= result.final.mAP <= 100
+    if amp == "fp16":
+        state = trainer.state_dict()
+        assert state["grad_scaler"] is not None and state["grad_scaler"]["scale"] > 0
+
+
+def test_trainer_default_is_full_precision(tiny_bench, tiny_config, tmp_path):
+    from metareid.engine import TrainConfig, Trainer
+
+    assert TrainConfig().amp == "off"
+    trainer = Trainer(tiny_config(tiny_bench, tmp_path), log=lambda _m: None)
+    assert trainer.amp_dtype is None and trainer.grad_scaler is None
+    with trainer._autocast():
+        out = trainer.model.train()(torch.randn(4, 3, 32, 16))
+    assert out.features.dtype == torch.float32
+
+
+def test_two_source_trainer_never_writes_a_mixture(tiny_bench, tiny_config, tmp_path, monkeypatch):
+    from metareid.engine import Trainer
+
+    cfg = tiny_config(tiny_bench, tmp_path, method="m3l", iters_per_epoch=3, arch="resnet10")
+    assert len(cfg.sources) == 2
+    trainer = Trainer(cfg, log=lambda _m: None)
+    spy = Spy(monkeypatch, list(trainer.memories))
+    trainer.init_memories()
+    trainer.train_epoch()
+    assert len(spy.updates) == 3  # one meta-train domain per iteration
+    spy.assert_no_mixture_written()

@@ -1,7 +1,9 @@
 """Top-k retrieval of a query set in a gallery, streamed in chunks of queries.
 
-The distances are those of evaluation (:func:`metareid.evaluation.iter_distance_chunks`:
-squared Euclidean on the embeddings, or cosine), computed for a few queries at a time; each
+The distances are those of evaluation (the engine of
+:func:`metareid.evaluation.iter_distance_chunks` and :func:`~metareid.evaluation.compute_distance`:
+squared Euclidean on the embeddings, or cosine), computed for a few queries at a time into
+one reused buffer; each
 chunk is reduced to its top-k before the next one is computed, so beyond the features the
 memory is one chunk of about :data:`CHUNK_ELEMENTS` distances, whatever the gallery size
 (``benchmarks/search_memory.py`` measures it). The order is that of
@@ -23,7 +25,8 @@ from torch import Tensor
 
 from metareid._validation import check_choice, check_positive_int
 from metareid.data.datasets.generic import MARKET_NAME_PATTERN
-from metareid.evaluation.distance import METRICS, Metric, iter_distance_chunks
+from metareid.evaluation._checks import as_feature_pair
+from metareid.evaluation.distance import METRICS, Metric, PairwiseDistance
 
 __all__ = ["CHUNK_ELEMENTS", "SearchResult", "names_to_ids", "search_grid", "topk_search"]
 
@@ -85,9 +88,15 @@ def topk_search(
     chunk_size = check_positive_int("chunk_size", chunk_size)
     indices: list[Tensor] = []
     distances: list[Tensor] = []
-    qf, gf = _as_tensor(query_feats), _as_tensor(gallery_feats)
-    for _, dist in iter_distance_chunks(qf, gf, metric, chunk_size):
-        vals, idx = _chunk_topk(dist, min(k, dist.shape[1]))
+    qf, gf = as_feature_pair("query_feats", query_feats, "gallery_feats", gallery_feats)
+    # the engine of iter_distance_chunks / compute_distance, writing into one reused buffer
+    engine = PairwiseDistance(qf, gf, metric)
+    num_q, num_g = qf.shape[0], gf.shape[0]
+    buffer = torch.empty(min(chunk_size, num_q), num_g, dtype=qf.dtype, device=qf.device)
+    for start in range(0, num_q, chunk_size):
+        stop = min(start + chunk_size, num_q)
+        dist = engine.rows(start, stop, out=buffer[: stop - start])
+        vals, idx = _chunk_topk(dist, min(k, num_g))
         indices.append(idx)
         distances.append(vals)
     return SearchResult(torch.cat(indices), torch.cat(distances))
@@ -95,10 +104,17 @@ def topk_search(
 
 def _chunk_topk(dist: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top-k of every row of ``dist`` (c, G) by (distance, index), exactly."""
-    vals, idx = torch.topk(dist, k, dim=1, largest=False, sorted=True)
-    # Every entry strictly below the k-th distance is selected; when more than k entries
-    # are <= it, topk chose among the tied ones arbitrarily: those rows are sorted whole.
-    ambiguous = ((dist <= vals[:, -1:]).sum(1) > k).nonzero().squeeze(1)
+    # One more than asked: when the (k+1)-th distance equals the k-th, more than k entries
+    # are <= the k-th and topk chose among the tied ones arbitrarily: those rows are sorted
+    # whole. Otherwise the selected set is exact and only its order needs fixing. (No
+    # temporary of the chunk's size: a comparison mask summed in int64 would be 8x it.)
+    extra = min(k + 1, dist.shape[1])
+    vals, idx = torch.topk(dist, extra, dim=1, largest=False, sorted=True)
+    if extra > k:
+        ambiguous = (vals[:, k] == vals[:, k - 1]).nonzero().squeeze(1)
+        vals, idx = vals[:, :k], idx[:, :k]
+    else:
+        ambiguous = torch.empty(0, dtype=torch.int64, device=dist.device)
     idx, perm = idx.sort(dim=1)
     vals, perm = vals.gather(1, perm).sort(dim=1, stable=True)
     idx = idx.gather(1, perm)

@@ -105,7 +105,7 @@ def test_not_a_metareid_checkpoint(tmp_path):
         read_checkpoint({"format": 1, "config": [], "model": {}})
     with pytest.raises(ValueError, match="invalid format 'one'"):
         read_checkpoint({"format": "one", "config": {}, "model": {}})
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
         read_checkpoint(tmp_path / "missing.pt")
     with pytest.raises(TypeError, match="checkpoint must be a path or a checkpoint dict"):
         read_checkpoint(3)  # type: ignore[arg-type]
@@ -131,5 +131,5 @@ def test_bad_weights_and_method():
         model_from_checkpoint({**state, "model": {"neck.weight": [1.0]}})
     with pytest.raises(ValueError, match="config method must be one of"):
         build_model_from_config({**CFG, "method": "maml"})
-    with pytest.raises(ValueError, match="not numbered 0..n-1"):
+    with pytest.raises(ValueError, match=r"not numbered 0\.\.n-1"):
         classifier_sizes({"classifier.1.weight": torch.ones(2, 2)})

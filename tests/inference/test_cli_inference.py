@@ -190,7 +190,7 @@ def test_cli_bad_inputs(checkpoint, tmp_path):
                 str(tmp_path / "r.csv"),
             ]
         )
-    with pytest.raises(FileNotFoundError, match="neither a folder nor a .npz"):
+    with pytest.raises(FileNotFoundError, match=r"neither a folder nor a \.npz"):
         main(
             [
                 "search",

@@ -122,7 +122,7 @@ def test_unreadable_images_raise_or_are_skipped(folder, checkpoint, extractor):
     bad = folder / "0001_c1s1_broken.jpg"
     bad.write_bytes(b"not a jpeg")
     files = list_images(folder)
-    with pytest.raises(BadImageError, match="0001_c1s1_broken.jpg"):
+    with pytest.raises(BadImageError, match=r"0001_c1s1_broken\.jpg"):
         extractor(files)
     skipping = FeatureExtractor(checkpoint, device="cpu", batch_size=4, on_bad_image="skip")
     with pytest.warns(UserWarning, match=r"0001_c1s1_broken.jpg.*skipped"):

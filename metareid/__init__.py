@@ -8,9 +8,13 @@ The five building blocks of the method:
 * :class:`HardTripletLoss` (Eq. 4),
 * :class:`MetaLearner` (Algorithm 1).
 
+To use a trained model, :class:`FeatureExtractor` maps images to embeddings
+(:mod:`metareid.inference`).
+
 Pure-function twins live in :mod:`metareid.functional`.
 """
 
+from metareid.inference.extractor import FeatureExtractor
 from metareid.layers.metabn import MetaBN, metabn_phase
 from metareid.losses.memory_id import MemoryIDLoss
 from metareid.losses.triplet import HardTripletLoss
@@ -21,6 +25,7 @@ from metareid.meta.phase import Phase
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "FeatureExtractor",
     "HardTripletLoss",
     "MemoryBank",
     "MemoryIDLoss",

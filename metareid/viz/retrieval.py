@@ -31,6 +31,7 @@ BACKGROUND = (255, 255, 255)
 QUERY_COLOR = (30, 100, 220)  # blue
 MATCH_COLOR = (0, 170, 0)  # green: same identity as the query
 MISMATCH_COLOR = (220, 0, 0)  # red: another identity
+UNLABELLED_COLOR = (150, 150, 150)  # grey: identities unknown
 TEXT_COLOR = (0, 0, 0)
 
 PathLike = str | os.PathLike[str]
@@ -82,10 +83,10 @@ def retrieval_grid(
     distmat: Tensor | np.ndarray,
     query_paths: Sequence[PathLike],
     gallery_paths: Sequence[PathLike],
-    q_pids: Sequence[int] | Tensor | np.ndarray,
-    g_pids: Sequence[int] | Tensor | np.ndarray,
-    q_camids: Sequence[int] | Tensor | np.ndarray,
-    g_camids: Sequence[int] | Tensor | np.ndarray,
+    q_pids: Sequence[int] | Tensor | np.ndarray | None,
+    g_pids: Sequence[int] | Tensor | np.ndarray | None,
+    q_camids: Sequence[int] | Tensor | np.ndarray | None,
+    g_camids: Sequence[int] | Tensor | np.ndarray | None,
     path: PathLike,
     num_queries: int = 8,
     topk: int = 10,
@@ -111,7 +112,9 @@ def retrieval_grid(
     * ``PAD + rows * (H + 2 * BORDER + LABEL_HEIGHT + PAD)`` pixels high.
 
     A row whose query has fewer than ``k`` gallery images left after the removal ends with
-    empty cells. Only the drawn images are opened (converted to RGB). The parent directory
+    empty cells. Without identities (all four id arguments ``None``, e.g. your own
+    unlabelled images) every query may be drawn, nothing is removed and the gallery frames
+    are grey (``UNLABELLED_COLOR``). Only the drawn images are opened (converted to RGB). The parent directory
     of ``path`` is created if needed; the file is PNG whatever its suffix.
 
     Args:
@@ -119,10 +122,10 @@ def retrieval_grid(
             of the drawn queries are read and must be finite.
         query_paths: image file of each query, length Q.
         gallery_paths: image file of each gallery entry, length G.
-        q_pids: query identities, shape (Q,).
-        g_pids: gallery identities, shape (G,).
-        q_camids: query cameras, shape (Q,).
-        g_camids: gallery cameras, shape (G,).
+        q_pids: query identities, shape (Q,), or ``None`` (unlabelled, see above).
+        g_pids: gallery identities, shape (G,), or ``None``.
+        q_camids: query cameras, shape (Q,), or ``None``.
+        g_camids: gallery cameras, shape (G,), or ``None``.
         path: where to write the PNG.
         num_queries: how many queries (rows) to draw, >= 1. Default 8.
         topk: how many gallery images per query, >= 1. Default 10.
@@ -169,10 +172,15 @@ def retrieval_grid(
     num_q, num_g = int(distmat.shape[0]), int(distmat.shape[1])
     q_files = _as_paths("query_paths", query_paths, num_q, "distmat.shape[0]")
     g_files = _as_paths("gallery_paths", gallery_paths, num_g, "distmat.shape[1]")
-    qp = _as_ids("q_pids", q_pids, num_q, "distmat.shape[0]")
-    gp = _as_ids("g_pids", g_pids, num_g, "distmat.shape[1]")
-    qc = _as_ids("q_camids", q_camids, num_q, "distmat.shape[0]")
-    gc = _as_ids("g_camids", g_camids, num_g, "distmat.shape[1]")
+    labelled = not all(v is None for v in (q_pids, g_pids, q_camids, g_camids))
+    if labelled:
+        qp = _as_ids("q_pids", q_pids, num_q, "distmat.shape[0]")
+        gp = _as_ids("g_pids", g_pids, num_g, "distmat.shape[1]")
+        qc = _as_ids("q_camids", q_camids, num_q, "distmat.shape[0]")
+        gc = _as_ids("g_camids", g_camids, num_g, "distmat.shape[1]")
+    else:
+        qp, qc = np.zeros(num_q, np.int64), np.zeros(num_q, np.int64)
+        gp, gc = np.ones(num_g, np.int64), np.ones(num_g, np.int64)
     num_queries = check_int("num_queries", num_queries, 1)
     topk = check_int("topk", topk, 1)
     seed = check_int("seed", seed, 0)
@@ -187,7 +195,7 @@ def retrieval_grid(
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {_describe(path)}")
 
-    valid = _valid_queries(qp, gp, qc, gc)
+    valid = _valid_queries(qp, gp, qc, gc) if labelled else np.arange(num_q)
     if len(valid) == 0:
         raise ValueError(
             "q_pids: no query has a gallery image of its id from another camera "
@@ -247,6 +255,7 @@ def retrieval_grid(
         cell(r, 0, q_files[q], QUERY_COLOR, "query")
         for rank, g in enumerate(order.tolist(), start=1):
             color = MATCH_COLOR if gp[g] == qp[q] else MISMATCH_COLOR
+            color = color if labelled else UNLABELLED_COLOR
             cell(r, rank, g_files[g], color, str(rank))
 
     out = Path(path)

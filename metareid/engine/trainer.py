@@ -387,11 +387,13 @@ class Trainer:
         cfg = self.cfg
         best, last = min(self.loss_history[:-2]), self.loss_history[-1]
         hint = "lower --lr"
-        if cfg.method != "baseline" and not cfg.first_order and cfg.inner_state == "fresh":
+        fresh_adam = cfg.inner_state == "fresh" and cfg.inner_optimizer == "adam"
+        if cfg.method != "baseline" and not cfg.first_order and fresh_adam:
             hint = (
-                "the exact second-order step through a fresh Adam inner step can do this "
-                "(docs/meta_learner.md, 'Stability of the second-order step'); try "
-                "--inner-state continue or --first-order"
+                "the exact second-order step through a fresh Adam inner step can do this, "
+                "above all with --inner-eps-root 0 (docs/meta_learner.md, 'Stability of "
+                f"the second-order step'; now inner_eps_root={cfg.inner_eps_root:g}); try "
+                "--inner-eps-root 1e-5, --inner-state continue or --first-order"
             )
         message = (
             f"the epoch-mean {key} grew from {best:.3f} to {last:.3f} and stayed above "

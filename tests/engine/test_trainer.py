@@ -160,7 +160,7 @@ def test_loss_growth_rule(history, growing):
 @pytest.mark.parametrize(
     ("switches", "hint"),
     [
-        (dict(method="m3l"), "--inner-state continue or --first-order"),
+        (dict(method="m3l"), "--inner-eps-root 1e-5, --inner-state continue or --first-order"),
         (dict(method="m3l", first_order=True), "lower --lr"),
         (dict(method="baseline"), "lower --lr"),
     ],

@@ -53,7 +53,8 @@ class ReIDModel(nn.Module):
        vector (B, C). This is :attr:`ReIDOutput.pooled`.
     2. ``neck``: a :class:`~metareid.MetaBN` over C channels (weight 1, bias 0 at start).
        Its bias is frozen by default (``requires_grad=False``), BNNeck practice (the
-       published M3L code trains it; pass ``freeze_neck_bias=False`` for that).
+       reference notes do not say what the published code does here; pass
+       ``freeze_neck_bias=False`` to train it).
     3. With ``normalize_neck=True`` (default, as the published code) the neck output is
        L2-normalised along channels; otherwise it is returned as is.
     4. Classifiers, if any, are bias-free linear layers on the neck output *before* the

@@ -71,3 +71,74 @@ def test_unknown_keys_and_bad_files(tmp_path):
     bad.write_text(json.dumps([1, 2]))
     with pytest.raises(ValueError, match="JSON object"):
         TrainConfig.from_file(bad)
+
+
+# ---------------------------------------------------------------------------- presets
+def test_presets_set_every_switch_and_explicit_values_win(tmp_path):
+    import json
+
+    from metareid.cli import build_parser
+    from metareid.engine import PRESETS, TrainConfig, preset_deviations
+
+    for name, switches in PRESETS.items():
+        args = build_parser().parse_args(["train", "--preset", name])
+        cfg = TrainConfig.from_args(args)
+        assert cfg.preset == name and preset_deviations(cfg) == {}
+        for key, value in switches.items():
+            assert getattr(cfg, key) == value, (name, key)
+    args = build_parser().parse_args(
+        ["train", "--preset", "published", "--memory-update", "mean", "--inner-eps-root", "0"]
+    )
+    cfg = TrainConfig.from_args(args)
+    assert cfg.memory_update == "mean" and cfg.metabn_scale == "var"
+    assert preset_deviations(cfg) == {
+        "memory_update": ("sequential", "mean"),
+        "inner_eps_root": (1e-5, 0.0),
+    }
+    # A config file: the preset fills the keys the file does not give.
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"preset": "paper", "share_lambda": True}))
+    cfg = TrainConfig.from_file(path)
+    assert cfg.inner_eps_root == 0.0 and cfg.share_lambda is True
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # round trip applies nothing new
+    saved = tmp_path / "config.json"
+    cfg.save(saved)
+    assert json.loads(saved.read_text())["preset"] == "paper"
+
+
+def test_defaults_are_published_inner_step_second_order_and_fp32():
+    from metareid.engine import TrainConfig
+
+    cfg = TrainConfig()
+    assert (cfg.inner_eps_root, cfg.first_order, cfg.amp, cfg.preset) == (
+        1e-5,
+        False,
+        "off",
+        "none",
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("preset", "authors", "preset must be one of"),
+        ("inner_eps_root", -1e-5, "inner_eps_root must be a finite number >= 0"),
+        ("inner_eps_root", float("inf"), "inner_eps_root must be a finite number >= 0"),
+        ("amp", "auto", "amp must be one of 'off', 'bf16', 'fp16'"),
+    ],
+)
+def test_bad_preset_eps_root_and_amp_values(key, value, match):
+    from metareid.engine import TrainConfig
+
+    with pytest.raises(ValueError, match=match):
+        TrainConfig.from_dict({key: value})
+
+
+def test_run_label_and_preset_line_record_the_preset():
+    from metareid.engine import TrainConfig, describe_preset, run_label
+
+    cfg = TrainConfig.from_dict({"preset": "published", "metabn_scale": "std"})
+    assert run_label(cfg) == "m3l [published*: metabn_scale] -> market1501"
+    assert describe_preset(cfg) == (
+        "preset: published, overridden: metabn_scale='std' (preset 'var')"
+    )

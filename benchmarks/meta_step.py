@@ -100,11 +100,12 @@ class Setup:
     def loss_fn(self, model: nn.Module, batch: Any, domain: int, phase: str) -> Tensor:
         images, labels = batch
         pooled, feats = model(images)
-        reps = feats.shape[0] // labels.shape[0]  # MetaBN's meta-test mixtures
+        mixed = phase == "meta_test"  # MetaBN: one mixture per meta-train domain
+        reps = len(self.batches) - 1 if mixed else 1
         loss = self.memory_loss(feats, labels.repeat(reps), self.memories[domain])
         loss = loss + self.triplet(pooled, labels)
-        if phase == "meta_train" or reps == 1:
-            self.stash.append((domain, feats[: labels.shape[0]].detach(), labels))
+        if not mixed:
+            self.stash.append((domain, feats.detach(), labels))
         return loss
 
     def update_memories(self) -> None:
@@ -144,10 +145,10 @@ class Setup:
         group = opt.param_groups[0]
         b1, b2 = group["betas"]
         new = {}
-        for n, p, g in zip(names, params, grads, strict=True):  # fresh Adam, coupled decay
+        for n, p, g in zip(names, params, grads, strict=True):  # update_params(solver='adam')
             g = g + group["weight_decay"] * p
-            m, v = (1 - b1) * g, (1 - b2) * g * g
-            new[n] = p - group["lr"] / (1 - b1) * m / ((v / (1 - b2)).sqrt() + group["eps"])
+            m, v = (1 - b1) * g, (1 - b2) * g * g + 1e-8  # 1e-8 on the raw second moment
+            new[n] = p - group["lr"] / (1 - b1) * m / (v.sqrt() / (1 - b2) ** 0.5 + 1e-8)
         clone = copy.deepcopy(model)
         for n, t_new in new.items():
             owner = clone

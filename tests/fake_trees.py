@@ -179,9 +179,9 @@ def prid(
 ) -> None:
     """PRID single shot: ids 1..cam_a in cam_a, 1..cam_b in cam_b (real: 385 / 749, 200 paired)."""
     base = root / "prid_2011" / "single_shot"
-    for cam, count in (("cam_a", cam_a), ("cam_b", cam_b)):
+    for offset, (cam, count) in enumerate((("cam_a", cam_a), ("cam_b", cam_b))):
         for pid in range(1, count + 1):
-            put(base / cam / f"person_{pid:04d}.png", images, pid)
+            put(base / cam / f"person_{pid:04d}.png", images, 1000 * offset + pid)
 
 
 def grid(
@@ -200,7 +200,9 @@ def grid(
     for pid in range(1, paired + 1):
         cam = 1 + pid % 8
         put(base / "probe" / f"{pid:04d}_{cam}_25004_107_32_130.jpeg", images, pid)
-        put(base / "gallery" / f"{pid:04d}_{1 + (cam % 8)}_25004_107_32_130.jpeg", images, pid)
+        put(
+            base / "gallery" / f"{pid:04d}_{1 + (cam % 8)}_25004_107_32_130.jpeg", images, 500 + pid
+        )
     for k in range(distractors):
         put(base / "gallery" / f"0000_{1 + k % 8}_{k:05d}_1_1_1.jpeg", images, 1000 + k)
     rng = np.random.default_rng(7)

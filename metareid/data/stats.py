@@ -298,7 +298,7 @@ def _likely_causes(
     ids_ok = train.expected is not None and not _differs(
         train.stats.num_pids, train.expected.num_pids
     )
-    if name == "cuhk03np" and not causes:
+    if name == "cuhk03np" and ids_ok and not causes:
         causes.append(
             "CUHK03-NP detected vs labeled: the two subsets differ by a few images "
             "(train 7,365 vs 7,368); check subset= and which folder the files came from"

@@ -81,9 +81,10 @@ def load_or_create_splits(
         return _read(path, dataset, keys)
     rng = np.random.default_rng(SPLIT_SEED)
     splits = [draw(rng) for _ in range(NUM_SPLITS)]
-    content = {"dataset": dataset, "format": _FORMAT, "seed": SPLIT_SEED, "splits": splits}
+    head = json.dumps({"dataset": dataset, "format": _FORMAT, "seed": SPLIT_SEED})[:-1]
+    body = ",\n".join(json.dumps(split) for split in splits)  # one split per line
     try:
-        _write_atomic(path, json.dumps(content, indent=1) + "\n")
+        _write_atomic(path, f'{head}, "splits": [\n{body}\n]}}\n')
     except OSError as err:
         warnings.warn(
             f"{dataset}: could not write the split file '{path}' ({err}); using the splits "

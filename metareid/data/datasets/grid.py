@@ -137,10 +137,11 @@ class GRID(ReIDDataset):
 def _read_partitions(path: Path) -> list[list[int]]:
     """The train ids of every split in ``trainIdxAll`` of the GRID ``.mat`` file."""
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     try:
         mat = loadmat(path)
-    except (ValueError, OSError, NotImplementedError) as err:
+    except (MatReadError, ValueError, OSError, NotImplementedError) as err:
         raise ValueError(f"GRID: cannot read '{path}' as a MATLAB file: {err}") from err
     if "trainIdxAll" not in mat:
         keys = sorted(k for k in mat if not k.startswith("__"))

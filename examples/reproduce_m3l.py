@@ -33,8 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from metareid.data import PROTOCOL_TARGETS, PROTOCOLS, prepare_synthetic_benchmark, protocol_plans
-from metareid.engine import EvalResult, TrainConfig, Trainer, TrainResult
-from metareid.engine.protocol import SplitResults, protocol_table
+from metareid.engine import (
+    EvalResult,
+    SplitResults,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    protocol_table,
+)
 
 METHODS = ("baseline", "meta", "m3l")
 LABELS = {"baseline": "Baseline", "meta": "+ Meta", "m3l": "+ Meta + MetaBN (M3L)"}

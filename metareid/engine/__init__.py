@@ -2,6 +2,13 @@
 
 from metareid.engine.checkpoint import load_checkpoint, save_checkpoint
 from metareid.engine.config import METHODS, TrainConfig
+from metareid.engine.protocol import (
+    SplitResults,
+    apply_protocol,
+    evaluate_final_targets,
+    format_split_table,
+    protocol_table,
+)
 from metareid.engine.schedule import warmup_multistep_factor, warmup_multistep_scheduler
 from metareid.engine.trainer import (
     EvalResult,
@@ -14,12 +21,17 @@ from metareid.engine.trainer import (
 __all__ = [
     "METHODS",
     "EvalResult",
+    "SplitResults",
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "apply_protocol",
     "build_dataset_from_spec",
+    "evaluate_final_targets",
     "format_results",
+    "format_split_table",
     "load_checkpoint",
+    "protocol_table",
     "save_checkpoint",
     "warmup_multistep_factor",
     "warmup_multistep_scheduler",

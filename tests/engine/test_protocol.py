@@ -61,7 +61,10 @@ def test_target_splits_and_tables() -> None:
     assert "| prid | 3 | 20.0 ± 10.0 |" in table
     assert "| average of 2 targets | | 35.0 | 40.0 |" in table
     rows = protocol_table({"M3L": {"prid": a, "grid": b}})
-    assert rows.splitlines()[-1] == "| M3L | 20.0 ± 10.0 / 20.0 ± 10.0 | 50.0 ± 0.0 / 60.0 ± 0.0 | 35.0 | 40.0 |"
+    assert (
+        rows.splitlines()[-1]
+        == "| M3L | 20.0 ± 10.0 / 20.0 ± 10.0 | 50.0 ± 0.0 / 60.0 ± 0.0 | 35.0 | 40.0 |"
+    )
     with pytest.raises(ValueError, match="metric must be one of"):
         a.mean("rank2")
 

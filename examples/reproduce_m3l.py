@@ -18,6 +18,12 @@ trains on the other three datasets (MSMT17, DukeMTMC-reID, CUHK03) with the pape
 settings (60 epochs of 200 iterations, 16 x 4 images per domain, 256 x 128) and evaluates
 on the target. ``--methods`` picks the rows of Table 3; any ``metareid train`` flag can be
 added after ``--`` (for example ``-- --id-loss fc_domain`` for Table 5).
+
+``--protocol m3l|p1|p2|p3`` runs the protocols later DG papers report (docs/protocols.md):
+``--protocol p1`` trains once on Market-1501 + CUHK02 + CUHK03 (train + test) + CUHK-SYSU
+and reports PRID, GRID, VIPeR and iLIDS as the mean ± std over their 10 splits and the
+average over the four; ``--protocol p2 --target msmt17`` (or p3, or m3l) runs one
+leave-one-out task, all of them without ``--target``.
 """
 
 from __future__ import annotations
@@ -29,12 +35,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from metareid.data import prepare_synthetic_benchmark
-from metareid.engine import EvalResult, TrainConfig, Trainer, TrainResult
+from metareid.data import PROTOCOL_TARGETS, PROTOCOLS, prepare_synthetic_benchmark, protocol_plans
+from metareid.engine import (
+    EvalResult,
+    SplitResults,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    protocol_table,
+)
 
 METHODS = ("baseline", "meta", "m3l")
 LABELS = {"baseline": "Baseline", "meta": "+ Meta", "m3l": "+ Meta + MetaBN (M3L)"}
 REAL_TARGETS = ("market1501", "dukemtmc", "cuhk03", "msmt17")
+ALL_TARGETS = (*dict.fromkeys(t for ts in PROTOCOL_TARGETS.values() for t in ts), "all")
 
 # CPU-sized settings for the synthetic benchmark.
 SYNTHETIC = dict(
@@ -77,11 +91,18 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny run (about a minute)")
     parser.add_argument("--data-dir", help="real datasets root; default: synthetic benchmark")
-    parser.add_argument("--target", choices=REAL_TARGETS, help="real target dataset")
+    parser.add_argument("--target", choices=ALL_TARGETS, help="real target dataset")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="DG protocol preset (real data; see docs/protocols.md)",
+    )
     parser.add_argument("--arch", default=None, help="resnet50 | ibn_resnet50a | resnet18")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--cuhk-source", default="cuhk03", choices=("cuhk03", "cuhk03np"))
     parser.add_argument("--msmt-version", default="V2", choices=("V1", "V2"))
+    parser.add_argument("--cuhk03-subset", default="detected", choices=("detected", "labeled"))
+    parser.add_argument("--with-duke", action="store_true", help="--protocol p1: add DukeMTMC")
     parser.add_argument("--synthetic-dir", default="data/synthetic")
     parser.add_argument(
         "--targets",
@@ -108,8 +129,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     args, extra = parser.parse_known_args(argv)
     if extra and extra[0] == "--":
         extra = extra[1:]
-    if (args.data_dir is None) != (args.target is None):
+    if args.protocol is not None:
+        if args.data_dir is None:
+            parser.error("--protocol needs --data-dir (real datasets)")
+    elif (args.data_dir is None) != (args.target is None):
         parser.error("--data-dir and --target go together (real datasets)")
+    elif args.target not in (None, *REAL_TARGETS):
+        parser.error(f"without --protocol, --target must be one of {list(REAL_TARGETS)}")
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.preset is not None:  # applied before the flags after --, which override it
@@ -212,8 +238,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args, extra = parse_args(argv)
     start = time.perf_counter()
     out_root = Path(args.output_dir)
-    if args.data_dir:
+    more: dict[str, dict[str, Any]] = {}  # per experiment label: protocol, final_targets
+    if args.protocol:
         base: dict[str, Any] = {"arch": args.arch or "resnet50"}
+        plans = protocol_plans(
+            args.protocol,
+            None if args.target == "all" else args.target,
+            msmt_version=args.msmt_version,
+            cuhk_source=args.cuhk_source,
+            cuhk03_subset=args.cuhk03_subset,
+            with_duke=args.with_duke,
+        )
+        experiments = []
+        for plan in plans:
+            print(f"protocol {plan.describe()}")
+            experiments.append((plan.sources, plan.target, args.data_dir, plan.label))
+            more[plan.label] = {"protocol": plan.protocol, "final_targets": plan.final_targets}
+    elif args.data_dir:
+        base = {"arch": args.arch or "resnet50"}
         experiments = [
             (
                 real_sources(args.target, args.cuhk_source, args.msmt_version),
@@ -246,11 +288,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: dict[str, list[list[EvalResult]]] = {n: [[] for _ in seeds] for n in names}
     best: dict[str, list[list[EvalResult]]] = {LABELS[m]: [[] for _ in seeds] for m in args.methods}
     presets: set[str] = set()
+    # Protocol 1: per seed, per method, per small target, the results over its splits.
+    splits: list[dict[str, dict[str, SplitResults]]] = [{} for _ in seeds]
     for s, seed in enumerate(seeds):
         for sources, target, data_dir, label in experiments:
             for i, method in enumerate(args.methods):
                 out = out_root / f"seed{seed}" / label / method
-                cfg = config_for(args, extra, method, sources, target, data_dir, base, out, seed)
+                fields = {**base, **more.get(label, {})}
+                cfg = config_for(args, extra, method, sources, target, data_dir, fields, out, seed)
                 presets.add(cfg.preset)
                 print(f"\n=== seed {seed}: {LABELS[method]}: {' + '.join(sources)} -> {target} ===")
                 untrained, result = run(cfg)
@@ -258,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     rows["Untrained (same init)"][s].append(untrained)
                 rows[LABELS[method]][s].append(result.final)
                 best[LABELS[method]][s].append(result.best)
+                if result.splits:
+                    splits[s].setdefault(LABELS[method], {}).update(result.splits)
 
     labels = [e[3] for e in experiments]
     elapsed = time.perf_counter() - start
@@ -270,7 +317,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"\nResults on the unseen target domain (last epoch; {spread}; preset "
         f"{', '.join(sorted(presets))}), {elapsed / 60:.1f} min:"
     )
-    print(table(rows, labels, differences))
+    if any(splits):  # Protocol 1: each small target over its splits, then the average
+        for seed, per_seed in zip(seeds, splits, strict=True):
+            if len(seeds) > 1:
+                print(f"seed {seed}:")
+            print(protocol_table(per_seed))
+    else:
+        print(table(rows, labels, differences))
     summary = {
         "targets": labels,
         "seeds": seeds,
@@ -281,6 +334,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "seconds": elapsed,
     }
+    if any(splits):
+        summary["splits"] = [
+            {m: {t: r.as_dict() for t, r in v.items()} for m, v in per_seed.items()}
+            for per_seed in splits
+        ]
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return summary

@@ -1,13 +1,17 @@
-"""The ``metareid`` command: ``train``, ``evaluate``, ``extract``, ``search``, ``export``.
+"""The ``metareid`` command: ``train``, ``evaluate``, ``synthetic``, ``datasets``, ``extract``,
+``search`` and ``export``.
 
 ``metareid train [--config run.json] [--flag value ...]`` trains with the settings of
 the config file (JSON, keys = :class:`~metareid.engine.TrainConfig` fields), overridden
-by any flag given; ``--resume`` continues ``<output-dir>/last.pt``.
+by any flag given; ``--resume`` continues ``<output-dir>/last.pt``; ``--protocol
+m3l|p1|p2|p3 [--target T]`` sets the sources and targets of a DG protocol and prints them.
 ``metareid evaluate --checkpoint runs/m3l/last.pt`` evaluates a checkpoint on its
 config's target (or ``--target``), reading only the checkpoint and the target dataset.
 ``metareid synthetic --data-dir DIR`` writes the built-in synthetic benchmark.
 ``metareid extract``, ``metareid search`` and ``metareid export`` use a trained model on
 your own images (see ``docs/inference.md``).
+``metareid datasets --data-dir DIR`` lists the datasets found under DIR with their
+counts per split next to the releases' numbers.
 """
 
 from __future__ import annotations
@@ -54,7 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--data-dir", required=True)
     syn.add_argument("--seed", type=int, default=0)
     _add_inference_parsers(sub)
+    _add_datasets_parser(sub)
     return parser
+
+
+def _add_datasets_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ds = sub.add_parser(
+        "datasets",
+        help="list the datasets under a data directory, their counts and the reference numbers",
+    )
+    ds.add_argument("--data-dir", required=True, help="the data directory to scan")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,14 +83,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _search(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "datasets":
+        return _datasets(args)
     return _synthetic(args)
 
 
 def _train(args: argparse.Namespace) -> int:
     from metareid.engine import TrainConfig, Trainer
+    from metareid.engine.protocol import apply_protocol
 
     base = TrainConfig.from_file(args.config) if args.config else None
-    cfg = TrainConfig.from_args(args, base)
+    protocol = args.protocol if args.protocol not in (None, "custom") else None
+    if protocol is not None:  # the preset picks sources and targets; --target names the task
+        if args.sources is not None:
+            raise ValueError("--protocol sets the sources; do not also give --sources")
+        cfg = TrainConfig.from_args(argparse.Namespace(**{**vars(args), "target": None}), base)
+        cfg = apply_protocol(cfg, protocol, args.target)
+    else:
+        cfg = TrainConfig.from_args(args, base)
     if args.dump_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
@@ -245,6 +268,16 @@ def _export(args: argparse.Namespace) -> int:
     out = export_model(args.checkpoint, path, args.format, flip=args.flip)
     print(f"wrote {out} and {out}.json")
     return 0
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    """Print the datasets under ``--data-dir`` next to the reference numbers; 1 if any is off."""
+    from metareid.data import format_scan, scan_data_dir
+
+    result = scan_data_dir(args.data_dir)
+    print(format_scan(result, args.data_dir))
+    checks, errors, _ = result
+    return 1 if errors or any(not c.ok for c in checks) else 0
 
 
 def _synthetic(args: argparse.Namespace) -> int:

@@ -1,17 +1,26 @@
 """Data for multi-source domain-generalizable person ReID.
 
-Datasets (Market-1501, DukeMTMC-reID, CUHK03-NP, CUHK03 old protocol, MSMT17 V1/V2, a
-generic folder/list-file dataset and a built-in synthetic benchmark) behind a name registry;
-the multi-source view with one id range per domain; the identity-balanced sampler; the train
-and test transforms; and the DataLoader helpers. See ``docs/data.md``.
+Datasets (Market-1501, DukeMTMC-reID, CUHK03-NP, CUHK03 old protocol, MSMT17 V1/V2,
+CUHK02, CUHK-SYSU, PRID, GRID, VIPeR, iLIDS, a generic folder/list-file dataset and a
+built-in synthetic benchmark) behind a name registry and dataset specs; the DG protocols
+(M3L's, Protocols 1-3) as specs; statistics checked against the releases; the multi-source
+view with one id range per domain; the identity-balanced sampler; the train and test
+transforms; and the DataLoader helpers. See ``docs/data.md`` and ``docs/protocols.md``.
 """
 
 from metareid.data.datasets import (
+    CUHK02,
     CUHK03,
     CUHK03NP,
+    CUHKSYSU,
+    GRID,
+    ILIDS,
     JUNK_PID,
     MARKET_NAME_PATTERN,
     MSMT17,
+    PRID,
+    SPLIT_FILE_NAME,
+    SPLIT_SEED,
     SYNTHETIC_DOMAIN_DIR,
     BadImageError,
     DatasetFactory,
@@ -23,10 +32,13 @@ from metareid.data.datasets import (
     ReIDDataset,
     SplitStats,
     SyntheticReID,
+    Use,
+    VIPeR,
     build_dataset,
     drop_junk,
     list_datasets,
     load_image,
+    merge_test_into_train,
     register_dataset,
     relabel,
     split_stats,
@@ -41,7 +53,31 @@ from metareid.data.loader import (
     build_train_loaders,
 )
 from metareid.data.multi_source import MultiSourceDataset
+from metareid.data.protocols import (
+    PROTOCOL_TARGETS,
+    PROTOCOLS,
+    ProtocolPlan,
+    protocol_plan,
+    protocol_plans,
+)
 from metareid.data.sampler import IdentityBalancedSampler
+from metareid.data.specs import (
+    DatasetSpec,
+    build_dataset_from_spec,
+    check_target_not_in_sources,
+    dataset_family,
+    parse_dataset_spec,
+)
+from metareid.data.stats import (
+    REFERENCE_STATS,
+    DatasetCheck,
+    Expected,
+    SplitCheck,
+    check_dataset,
+    format_scan,
+    scan_data_dir,
+    source_check_line,
+)
 from metareid.data.synthetic import (
     GENERATOR_VERSION,
     MANIFEST_NAME,
@@ -59,19 +95,32 @@ from metareid.data.transforms import (
 )
 
 __all__ = [
+    "CUHK02",
     "CUHK03",
     "CUHK03NP",
+    "CUHKSYSU",
     "GENERATOR_VERSION",
+    "GRID",
+    "ILIDS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "JUNK_PID",
     "MANIFEST_NAME",
     "MARKET_NAME_PATTERN",
     "MSMT17",
+    "PRID",
+    "PROTOCOLS",
+    "PROTOCOL_TARGETS",
+    "REFERENCE_STATS",
+    "SPLIT_FILE_NAME",
+    "SPLIT_SEED",
     "SYNTHETIC_DOMAIN_DIR",
     "BadImageError",
+    "DatasetCheck",
     "DatasetFactory",
+    "DatasetSpec",
     "DukeMTMCreID",
+    "Expected",
     "GenericDataset",
     "IdentityBalancedSampler",
     "ImageRecord",
@@ -79,27 +128,42 @@ __all__ = [
     "MultiDomainBatchIterator",
     "MultiSourceDataset",
     "OnBadImage",
+    "ProtocolPlan",
     "ReIDDataset",
     "ReIDImageDataset",
     "ReIDSample",
+    "SplitCheck",
     "SplitStats",
     "SyntheticBenchmark",
     "SyntheticDomain",
     "SyntheticReID",
+    "Use",
+    "VIPeR",
     "build_dataset",
+    "build_dataset_from_spec",
     "build_test_loader",
     "build_test_transform",
     "build_train_loader",
     "build_train_loaders",
     "build_train_transform",
+    "check_dataset",
+    "check_target_not_in_sources",
+    "dataset_family",
     "drop_junk",
+    "format_scan",
     "generate_synthetic_benchmark",
     "list_datasets",
     "load_image",
     "load_synthetic_manifest",
+    "merge_test_into_train",
+    "parse_dataset_spec",
     "prepare_synthetic_benchmark",
+    "protocol_plan",
+    "protocol_plans",
     "register_dataset",
     "relabel",
+    "scan_data_dir",
+    "source_check_line",
     "split_stats",
     "verify_images",
 ]

@@ -3,6 +3,13 @@
 from metareid.engine.checkpoint import load_checkpoint, save_checkpoint
 from metareid.engine.config import METHODS, PRESETS, TrainConfig, preset_deviations
 from metareid.engine.objective import M3LObjective
+from metareid.engine.protocol import (
+    SplitResults,
+    apply_protocol,
+    evaluate_final_targets,
+    format_split_table,
+    protocol_table,
+)
 from metareid.engine.schedule import warmup_multistep_factor, warmup_multistep_scheduler
 from metareid.engine.trainer import (
     EvalResult,
@@ -19,14 +26,19 @@ __all__ = [
     "PRESETS",
     "EvalResult",
     "M3LObjective",
+    "SplitResults",
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "apply_protocol",
     "build_dataset_from_spec",
     "describe_preset",
+    "evaluate_final_targets",
     "format_results",
+    "format_split_table",
     "load_checkpoint",
     "preset_deviations",
+    "protocol_table",
     "run_label",
     "save_checkpoint",
     "warmup_multistep_factor",

@@ -68,10 +68,17 @@ class TrainConfig:
     in float32, as the paper's numbers were obtained; ``"bf16"`` autocasts to bfloat16,
     ``"fp16"`` to float16 with a ``torch.amp.GradScaler`` that the meta step honours.
 
-    Dataset specs are registry names with an optional ``:argument``: ``market1501``,
-    ``dukemtmc``, ``cuhk03np`` (``cuhk03np:labeled``), ``cuhk03`` (old protocol),
-    ``msmt17`` (``msmt17:V2``), ``synthetic:<domain>``. Real datasets live in
-    ``<data_dir>/<name>/``; the synthetic benchmark is ``data_dir`` itself.
+    Dataset specs are registry names with optional ``:options`` (see
+    :mod:`metareid.data.specs`): ``market1501``, ``dukemtmc``, ``cuhk03np``
+    (``cuhk03np:labeled``), ``cuhk03`` (old protocol), ``msmt17`` (V2 by default,
+    ``msmt17:V1``), ``cuhk02``, ``cuhksysu``, ``prid``, ``grid``, ``viper``, ``ilids``
+    (``prid:3`` = split 3), ``synthetic:<domain>``, and ``use=all`` to train on train +
+    query + gallery (``market1501:use=all``). Real datasets live in ``<data_dir>/<name>/``
+    (or the toolboxes' folder names); the synthetic benchmark is ``data_dir`` itself.
+    ``protocol`` records the preset that chose the sources and targets
+    (:func:`metareid.engine.protocol.apply_protocol`, ``--protocol`` on the command line);
+    ``final_targets`` are evaluated after training on every split (Protocol 1). A target
+    that is also a source (same dataset, any version, subset or ``use``) is refused.
 
     Example:
         >>> cfg = TrainConfig(method="baseline", epochs=2)
@@ -81,7 +88,7 @@ class TrainConfig:
 
     # data
     data_dir: str = "data"
-    sources: tuple[str, ...] = ("msmt17", "dukemtmc", "cuhk03")
+    sources: tuple[str, ...] = ("msmt17:V2", "dukemtmc", "cuhk03")
     target: str = "market1501"
     height: int = 256
     width: int = 128
@@ -89,6 +96,14 @@ class TrainConfig:
     num_instances: int = 4
     workers: int = 4
     random_erasing: float = 0.0
+    protocol: Literal["custom", "m3l", "p1", "p2", "p3"] = field(
+        default="custom",
+        metadata={"help": "preset of sources and targets: m3l, p1, p2, p3 (with --target)"},
+    )
+    final_targets: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "targets evaluated after training on all their splits"},
+    )
     # model
     arch: str = "resnet50"
     pretrained: str = "imagenet"  # "imagenet", "none", or a path / URL to a weights file
@@ -147,6 +162,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.sources = tuple(self.sources)
+        self.final_targets = tuple(self.final_targets)
         self.milestones = tuple(int(m) for m in self.milestones)
         self.validate()
 
@@ -208,11 +224,9 @@ class TrainConfig:
             )
         if self.id_loss == "none" and not self.triplet:
             raise ValueError("id_loss='none' with triplet=False leaves no loss to train")
-        if self.target in self.sources:
-            raise ValueError(
-                f"target {self.target!r} is also a source: domain generalisation evaluates "
-                "on an unseen domain"
-            )
+        from metareid.data.specs import check_target_not_in_sources
+
+        check_target_not_in_sources(self.sources, (self.target, *self.final_targets))
 
     # ------------------------------------------------------------------ conversions
     def to_dict(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -18,12 +18,12 @@ from torch import Tensor, nn
 from metareid.data import (
     MultiDomainBatchIterator,
     MultiSourceDataset,
-    ReIDDataset,
-    build_dataset,
+    build_dataset_from_spec,
     build_test_loader,
     build_test_transform,
     build_train_loader,
     build_train_transform,
+    source_check_line,
 )
 from metareid.engine.checkpoint import load_checkpoint, save_checkpoint
 from metareid.engine.config import TrainConfig, preset_deviations
@@ -36,6 +36,9 @@ from metareid.losses.triplet import HardTripletLoss
 from metareid.memory.bank import MemoryBank
 from metareid.meta.learner import MetaLearner
 from metareid.models import ReIDModel, build_model
+
+if TYPE_CHECKING:
+    from metareid.engine.protocol import SplitResults
 
 __all__ = [
     "EvalResult",
@@ -91,34 +94,15 @@ class TrainResult:
             (as the published code does), so it is optimistic; report ``final``.
         evaluations: Every evaluation, in order.
         output_dir: Where the checkpoints, the log and the pictures are.
+        splits: Per final target (``config.final_targets``, Protocol 1), the final model's
+            results on each of its splits.
     """
 
     final: EvalResult
     best: EvalResult
     evaluations: list[EvalResult] = field(default_factory=list)
     output_dir: Path = Path(".")
-
-
-def build_dataset_from_spec(spec: str, data_dir: str | Path) -> ReIDDataset:
-    """Build a dataset from a spec ``name[:argument]`` (see :class:`TrainConfig`).
-
-    Example:
-        >>> build_dataset_from_spec("nope", "data")
-        Traceback (most recent call last):
-        ...
-        ValueError: ...
-    """
-    name, _, arg = spec.partition(":")
-    root = Path(data_dir)
-    if name == "synthetic":
-        return build_dataset("synthetic", root, domain=int(arg or 0))
-    kwargs: dict[str, Any] = {}
-    if arg:
-        key = {"cuhk03np": "subset", "msmt17": "version", "cuhk03": "split_id"}.get(name)
-        if key is None:
-            raise ValueError(f"dataset spec {spec!r}: {name!r} takes no ':argument'")
-        kwargs[key] = int(arg) if key == "split_id" else arg
-    return build_dataset(name, root / name, **kwargs)
+    splits: dict[str, SplitResults] = field(default_factory=dict)
 
 
 class Trainer:
@@ -279,6 +263,8 @@ class Trainer:
             cfg.save(self.output_dir / "config.json")
             self.log(describe_preset(cfg))
             self.log(self.sources.summary())
+            for spec, source in zip(cfg.sources, self.sources.datasets, strict=True):
+                self.log(source_check_line(spec, source))  # counts against the releases
             self.init_memories()
         while self.epoch < cfg.epochs:
             self.train_epoch()
@@ -292,6 +278,10 @@ class Trainer:
         best = max(self.evaluations, key=lambda r: (r.mAP, r.epoch))
         result = TrainResult(final, best, list(self.evaluations), self.output_dir)
         self.log(format_results({run_label(cfg): result}))
+        if cfg.final_targets:  # every split of every final target, with the same model
+            from metareid.engine.protocol import evaluate_final_targets
+
+            result.splits = evaluate_final_targets(self)
         if cfg.plots:
             self._pictures()
         return result

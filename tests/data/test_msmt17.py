@@ -1,4 +1,4 @@
-"""MSMT17 V1 and V2 read from the list files, without renaming files."""
+"""MSMT17 V1 and V2 read from the list files, without renaming files, or a Market-style copy."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ GALLERY = ["0000/0000_001_07_0302noon_0042_1.jpg", "0001/0001_000_11_0114morning
 MakeFiles = Callable[[Path, Iterable[str]], None]
 
 
-def make_msmt(root: Path, touch: MakeFiles, version: str = "V1") -> Path:
+def make_msmt(root: Path, touch: MakeFiles, version: str = "V2") -> Path:
     folder, train_dir, test_dir = {
         "V1": ("MSMT17_V1", "train", "test"),
         "V2": ("MSMT17_V2", "mask_train_v2", "mask_test_v2"),
@@ -50,9 +50,61 @@ def test_msmt_versions_merge_val_and_read_camera(
 
 
 def test_msmt_without_val(tmp_path: Path, touch: MakeFiles) -> None:
-    make_msmt(tmp_path, touch)
+    base = make_msmt(tmp_path, touch)
     ds = MSMT17(tmp_path, merge_val=False)
     assert ds.train_stats == (1, 2, 2)
+    (base / "list_val.txt").unlink()  # not needed when val is not merged
+    assert MSMT17(tmp_path, merge_val=False).train_stats == (1, 2, 2)
+
+
+def test_msmt_default_is_v2(tmp_path: Path, touch: MakeFiles) -> None:
+    make_msmt(tmp_path, touch, "V2")
+    ds = MSMT17(tmp_path)
+    assert ds.version == "V2" and "mask_train_v2" in ds.train[0].path
+
+
+def test_msmt_missing_version_names_the_other(tmp_path: Path, touch: MakeFiles) -> None:
+    make_msmt(tmp_path, touch, "V1")
+    with pytest.raises(
+        FileNotFoundError, match=r"select it with version='V1' \(dataset spec 'msmt17:V1'\)"
+    ):
+        MSMT17(tmp_path)  # default V2
+    make_msmt(tmp_path / "other", touch, "V2")
+    with pytest.raises(FileNotFoundError, match=r"version='V2' \(dataset spec 'msmt17:V2'\)"):
+        MSMT17(tmp_path / "other", version="V1")
+    release = make_msmt(tmp_path / "third", touch, "V1")  # root = the V1 folder itself
+    with pytest.raises(FileNotFoundError, match=r"msmt17:V1"):
+        MSMT17(release)
+
+
+def test_msmt_market_style_copy(tmp_path: Path, touch: MakeFiles) -> None:
+    base = tmp_path / "MSMT17"
+    touch(
+        base / "bounding_box_train", ["0000_c1_0001.jpg", "0000_c3_0002.jpg", "0005_c15_0003.jpg"]
+    )
+    touch(base / "query", ["0000_c2_0001.jpg"])
+    touch(base / "bounding_box_test", ["0000_c4_0002.jpg", "0001_c9_0001.jpg"])
+    with pytest.raises(
+        FileNotFoundError, match=r"layout='market' \(dataset spec 'msmt17:layout=market'\)"
+    ):
+        MSMT17(tmp_path)
+    ds = MSMT17(tmp_path, layout="market")
+    assert [(r.pid, r.orig_pid, r.camid) for r in ds.train] == [(0, 0, 0), (0, 0, 2), (1, 5, 14)]
+    assert ds.query_stats == (1, 1, 1) and ds.gallery_stats == (2, 2, 2)
+    touch(base / "query", ["0003_000_01_0302morning_0036_0.jpg"])
+    with pytest.raises(ValueError, match=r"0003_000_01_0302morning_0036_0\.jpg"):
+        MSMT17(tmp_path, layout="market")
+    with pytest.raises(ValueError, match="layout"):
+        MSMT17(tmp_path, layout="folders")  # type: ignore[arg-type]
+
+
+def test_msmt_use_all_keeps_train_and_test_ids_apart(tmp_path: Path, touch: MakeFiles) -> None:
+    make_msmt(tmp_path, touch)
+    ds = MSMT17(tmp_path, use="all")
+    # train ids 0 and 3, test ids 0 and 1: the two id-0 persons get different labels.
+    labels = {(r.orig_pid, "mask_train_v2" in r.path): r.pid for r in ds.train}
+    assert labels == {(0, True): 0, (3, True): 1, (0, False): 2, (1, False): 3}
+    assert ds.train_stats == (4, 6, 6) and ds.query == [] and ds.gallery == []
 
 
 def test_msmt_release_folder_as_root(tmp_path: Path, touch: MakeFiles) -> None:
@@ -66,6 +118,9 @@ def test_msmt_wrong_version_layout(tmp_path: Path, touch: MakeFiles) -> None:
         MSMT17(tmp_path, version="V2")
     with pytest.raises(ValueError, match="version"):
         MSMT17(tmp_path, version="V3")  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError) as err:  # nothing of MSMT17 at all: no hint
+        MSMT17(tmp_path / "MSMT17_V1" / "train")
+    assert "select it" not in str(err.value)
 
 
 def test_msmt_missing_list_file(tmp_path: Path, touch: MakeFiles) -> None:
@@ -90,6 +145,6 @@ def test_msmt_malformed_line_and_camera(tmp_path: Path, touch: MakeFiles) -> Non
 
 def test_msmt_listed_image_missing(tmp_path: Path, touch: MakeFiles) -> None:
     base = make_msmt(tmp_path, touch)
-    (base / "test" / QUERY[0]).unlink()
+    (base / "mask_test_v2" / QUERY[0]).unlink()
     with pytest.raises(FileNotFoundError, match=r"0000_000_02_0302morning_0036_0\.jpg"):
         MSMT17(tmp_path)

@@ -10,6 +10,7 @@ from typing import ClassVar
 from metareid.data.datasets.base import (
     OnBadImage,
     ReIDDataset,
+    Use,
     _name_parser,
     _resolve_dataset_dir,
     _scan_folder,
@@ -49,6 +50,7 @@ class MarketLayoutDataset(ReIDDataset):
         self,
         root: str | Path,
         *,
+        use: Use = "train",
         check_images: bool = False,
         on_bad_image: OnBadImage = "raise",
     ) -> None:
@@ -72,7 +74,7 @@ class MarketLayoutDataset(ReIDDataset):
             for split in self.split_dirs
         )
         super().__init__(
-            train, query, gallery, check_images=check_images, on_bad_image=on_bad_image
+            train, query, gallery, use=use, check_images=check_images, on_bad_image=on_bad_image
         )
 
     def dataset_dir_candidates(self) -> list[str]:

@@ -6,9 +6,16 @@ all of them:
 
 * junk images (person id ``-1``, Market-1501's badly detected boxes) are dropped from every
   split;
-* distractors (person id ``0`` in Market-1501) stay in the gallery;
+* distractors stay in the gallery. Only Market-1501 (and the synthetic benchmark written in
+  its layout) and GRID mark distractors with person id ``0``
+  (:attr:`ReIDDataset.distractor_pid`); in MSMT17, CUHK03 and the others id ``0`` is a
+  person like any other;
 * train ids are relabelled to ``0..n-1`` in increasing order of the original id, which stays
   available as :attr:`ImageRecord.orig_pid`;
+* optionally (``use="all"``) the query and gallery images join the training split, as the
+  sources of Protocols 1 and 3 use them: junk and distractors are left out and the test ids
+  get labels after the train ids, so a test person never shares a label with a train person
+  even where both splits number their ids from the same start (MSMT17);
 * optionally (``check_images=True``) every image is decoded once, and an undecodable file
   raises :class:`BadImageError` naming it, or is dropped with a warning
   (``on_bad_image="skip"``).
@@ -34,8 +41,10 @@ __all__ = [
     "OnBadImage",
     "ReIDDataset",
     "SplitStats",
+    "Use",
     "drop_junk",
     "load_image",
+    "merge_test_into_train",
     "relabel",
     "split_stats",
     "verify_images",
@@ -48,6 +57,11 @@ OnBadImage = Literal["raise", "skip"]
 """What to do with an image that cannot be decoded: raise :class:`BadImageError` or skip it."""
 
 _ON_BAD_IMAGE = ("raise", "skip")
+
+Use = Literal["train", "all"]
+"""Which images form the training split: the train split only, or train + query + gallery."""
+
+_USES = ("train", "all")
 
 
 @dataclass(frozen=True)
@@ -167,6 +181,49 @@ def relabel(records: Sequence[ImageRecord]) -> list[ImageRecord]:
     return [replace(r, pid=mapping[r.pid]) for r in records]
 
 
+def merge_test_into_train(
+    train: Sequence[ImageRecord],
+    test: Sequence[ImageRecord],
+    distractor_pid: int | None = None,
+) -> list[ImageRecord]:
+    """One training split from a dataset's train and test images (``use="all"``).
+
+    Junk (original id ``-1``) and, where the dataset has them, distractors (original id
+    ``distractor_pid``) are left out. Train ids get the labels ``0..n-1`` and test ids the
+    labels ``n..n+m-1``, both in increasing order of the original id, so a test person
+    never shares a label with a train person, even where the two splits number their ids
+    from the same start (MSMT17's list files both start at 0). A test image listed twice
+    (in the query and in the gallery) is kept once.
+
+    Args:
+        train: the train split, original ids in ``pid``.
+        test: the query and gallery splits together, original ids in ``pid``.
+        distractor_pid: the id that marks distractors (``0`` in Market-1501 and GRID), or
+            None when the dataset has none.
+
+    Returns:
+        The train records followed by the test records, relabelled; ``orig_pid`` is kept.
+
+    Example:
+        >>> train = [ImageRecord("a.jpg", 0, 0, 0, 0), ImageRecord("b.jpg", 4, 1, 0, 4)]
+        >>> test = [ImageRecord("c.jpg", 0, 0, 0, 0), ImageRecord("d.jpg", -1, 1, 0, -1)]
+        >>> [(r.pid, r.orig_pid) for r in merge_test_into_train(train, test)]
+        [(0, 0), (1, 4), (2, 0)]
+    """
+    train = [r for r in train if r.orig_pid != JUNK_PID and r.orig_pid != distractor_pid]
+    seen: set[str] = set()
+    kept: list[ImageRecord] = []
+    for r in test:
+        if r.orig_pid in (JUNK_PID, distractor_pid) or r.path in seen:
+            continue
+        seen.add(r.path)
+        kept.append(r)
+    train_part = relabel(train)
+    offset = len({r.pid for r in train_part})
+    test_part = [replace(r, pid=r.pid + offset) for r in relabel(kept)]
+    return train_part + test_part
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Open and fully decode an image as RGB.
 
@@ -242,15 +299,19 @@ class ReIDDataset:
     """A person ReID dataset: ``train``, ``query`` and ``gallery`` lists of records.
 
     The constructor applies the common rules: it drops junk images (original id ``-1``) from
-    every split, keeps distractors (id ``0``) in the gallery, relabels the train ids to
-    ``0..n-1`` (original id kept in ``orig_pid``) and optionally decodes every image.
-    Subclasses parse a layout on disk and call this constructor; it can also wrap records
-    built in memory.
+    every split, keeps distractors in the gallery, relabels the train ids to ``0..n-1``
+    (original id kept in ``orig_pid``) and optionally decodes every image. Subclasses parse
+    a layout on disk and call this constructor; it can also wrap records built in memory.
 
     Args:
         train: training records; ``pid`` holds the original id (it is relabelled here).
         query: query records (original ids).
         gallery: gallery records (original ids).
+        use: ``"train"`` (default): the train split is ``train``. ``"all"``: the train
+            split is train + query + gallery (see :func:`merge_test_into_train`: junk and
+            distractors left out, test ids labelled after the train ids), as the sources of
+            Protocols 1 and 3 use them; query and gallery are then empty, so a dataset
+            trained on this way cannot be evaluated by mistake.
         check_images: decode every image once at construction (slow on full datasets).
             Default False: a bad file then surfaces when it is loaded.
         on_bad_image: with ``check_images``, ``"raise"`` (default) raises
@@ -260,6 +321,7 @@ class ReIDDataset:
         train: the training split, ids ``0..num_train_pids-1``.
         query: the query split.
         gallery: the gallery split.
+        use: the ``use`` it was built with.
 
     Example:
         >>> recs = [ImageRecord(f"{p}_{c}.jpg", p, c, 0, p) for p in (4, 9, -1) for c in (0, 1)]
@@ -274,19 +336,37 @@ class ReIDDataset:
     layout: ClassVar[str] = ""
     """The expected directory layout, shown in the errors about a missing or wrong layout."""
 
+    folder_names: ClassVar[tuple[str, ...]] = ()
+    """Names of the dataset's folder under a data directory, tried in this order by
+    :func:`~metareid.data.build_dataset_from_spec` (``""``: the data directory itself, as in
+    fast-reid); empty: :attr:`name` only."""
+
+    num_splits: ClassVar[int] = 1
+    """Number of evaluation splits (``split_id``); the small Protocol-1 targets have 10."""
+
+    distractor_pid: int | None = None
+    """Person id that marks gallery distractors (``0`` in Market-1501 and GRID only), or None:
+    in the other datasets id ``0`` is an ordinary person."""
+
     def __init__(
         self,
         train: Sequence[ImageRecord],
         query: Sequence[ImageRecord],
         gallery: Sequence[ImageRecord],
         *,
+        use: Use = "train",
         check_images: bool = False,
         on_bad_image: OnBadImage = "raise",
     ) -> None:
         check_choice("on_bad_image", on_bad_image, _ON_BAD_IMAGE)
+        check_choice("use", use, _USES)
+        self.use: Use = use
         splits = [drop_junk(train), drop_junk(query), drop_junk(gallery)]
         if check_images:
             splits = [verify_images(split, on_bad_image) for split in splits]
+        if use == "all":
+            merged = merge_test_into_train(splits[0], splits[1] + splits[2], self.distractor_pid)
+            splits = [merged, [], []]
         self.train: list[ImageRecord] = relabel(splits[0])
         self.query: list[ImageRecord] = splits[1]
         self.gallery: list[ImageRecord] = splits[2]
@@ -444,9 +524,24 @@ def _scan_folder(
             f"like '{expected}' directly inside it"
         )
     records = []
+    failed: list[tuple[str, ValueError]] = []
     for path in files:
-        pid, camid = parse(path.name)
+        try:
+            pid, camid = parse(path.name)
+        except ValueError as err:
+            failed.append((path.name, err))
+            continue
         records.append(ImageRecord(str(path), pid=pid, camid=camid, domain=0, orig_pid=pid))
+    if failed:
+        first = failed[0][1]
+        if len(failed) == 1:
+            raise first
+        names = ", ".join(repr(name) for name, _ in failed[:5])
+        more = f", ... ({len(failed)} in total)" if len(failed) > 5 else ""
+        raise ValueError(
+            f"{first}\n{len(failed)} of the {len(files)} image names in '{folder}' break the "
+            f"pattern: {names}{more}"
+        ) from first
     return records
 
 

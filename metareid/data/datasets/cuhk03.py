@@ -13,6 +13,7 @@ from metareid.data.datasets.base import (
     ImageRecord,
     OnBadImage,
     ReIDDataset,
+    Use,
     _resolve_dataset_dir,
 )
 
@@ -40,9 +41,15 @@ class CUHK03NP(MarketLayoutDataset):
 
     ``root/cuhk03-np/detected/...`` (the folder of the release archive) is accepted too.
 
+    M3L, BAU, Style-Interleaved Learning and torchreid use ``detected``; fast-reid, ACL and
+    META default to ``labeled``.
+
     Args:
         root: the dataset root.
         subset: ``"detected"`` (default, as in the paper) or ``"labeled"``.
+        use: ``"train"`` (default) or ``"all"``: train + query + gallery form the training
+            split (1,467 ids, test ids labelled after the 767 train ids), query and gallery
+            are empty. Protocols 1 and 3 train on this.
         check_images: decode every image once at construction. Default False.
         on_bad_image: with ``check_images``: ``"raise"`` (default) or ``"skip"``.
 
@@ -75,17 +82,19 @@ class CUHK03NP(MarketLayoutDataset):
     pattern: ClassVar[re.Pattern[str]] = re.compile(r"(-?\d+)_c(\d)(?:_[^.]*)?")
     example_name: ClassVar[str] = "0001_c1_1.png"
     num_cameras: ClassVar[int | None] = 2
+    folder_names: ClassVar[tuple[str, ...]] = ("cuhk03np", "cuhk03-np")
 
     def __init__(
         self,
         root: str | Path,
         subset: Literal["detected", "labeled"] = "detected",
         *,
+        use: Use = "train",
         check_images: bool = False,
         on_bad_image: OnBadImage = "raise",
     ) -> None:
         self.subset = check_choice("subset", subset, _SUBSETS)
-        super().__init__(root, check_images=check_images, on_bad_image=on_bad_image)
+        super().__init__(root, use=use, check_images=check_images, on_bad_image=on_bad_image)
 
     def dataset_dir_candidates(self) -> list[str]:
         """``<subset>`` under ``root``, else ``cuhk03-np/<subset>``."""
@@ -127,6 +136,8 @@ class CUHK03(ReIDDataset):
     Args:
         root: the dataset root.
         split_id: which split of ``splits.json``. Default 0, as in the published code.
+        use: ``"train"`` (default) or ``"all"``: the query and gallery ids join the training
+            split (labelled after the train ids); query and gallery are then empty.
         check_images: decode every image once at construction. Default False.
         on_bad_image: with ``check_images``: ``"raise"`` (default) or ``"skip"``.
 
@@ -165,6 +176,7 @@ class CUHK03(ReIDDataset):
         root: str | Path,
         split_id: int = 0,
         *,
+        use: Use = "train",
         check_images: bool = False,
         on_bad_image: OnBadImage = "raise",
     ) -> None:
@@ -201,6 +213,7 @@ class CUHK03(ReIDDataset):
             pluck(sorted(split["trainval"]), "all"),
             pluck(split["query"], "last"),
             pluck(split["gallery"], "but_last"),
+            use=use,
             check_images=check_images,
             on_bad_image=on_bad_image,
         )

@@ -25,10 +25,15 @@ class DukeMTMCreID(MarketLayoutDataset):
             query/                0005_c2_f0046985.jpg ...
             bounding_box_test/    0002_c1_f0044158.jpg ...
 
-    ``root`` may also be the ``DukeMTMC-reID`` folder itself.
+    ``root`` may also be the ``DukeMTMC-reID`` folder itself. Under a data directory
+    :func:`~metareid.data.build_dataset_from_spec` finds it as ``<data-dir>/dukemtmc/``
+    (metareid), ``<data-dir>/dukemtmc-reid/`` (torchreid) or directly in ``<data-dir>/``
+    (fast-reid).
 
     Args:
         root: the dataset root.
+        use: ``"train"`` (default) or ``"all"``: train + query + gallery form the training
+            split (test ids labelled after the train ids), query and gallery are empty.
         check_images: decode every image once at construction. Default False.
         on_bad_image: with ``check_images``: ``"raise"`` (default) or ``"skip"``.
 
@@ -61,6 +66,7 @@ class DukeMTMCreID(MarketLayoutDataset):
     pattern: ClassVar[re.Pattern[str]] = re.compile(r"(-?\d+)_c(\d)_f\d+")
     example_name: ClassVar[str] = "0005_c2_f0046985.jpg"
     num_cameras: ClassVar[int | None] = 8
+    folder_names: ClassVar[tuple[str, ...]] = ("dukemtmc", "dukemtmc-reid", "")
 
     def dataset_dir_candidates(self) -> list[str]:
         """``DukeMTMC-reID`` under ``root``, else ``root`` itself."""

@@ -11,6 +11,7 @@ from metareid.data.datasets.base import (
     ImageRecord,
     OnBadImage,
     ReIDDataset,
+    Use,
     _layout_error,
     _scan_folder,
 )
@@ -35,8 +36,8 @@ class GenericDataset(ReIDDataset):
       ``pattern``.
 
     Cameras are numbered from ``camid_base`` in the data (1 for Market-style names) and
-    stored 0-based. Person id ``-1`` marks junk (dropped), ``0`` may be used for
-    distractors. Train ids are relabelled to ``0..n-1``.
+    stored 0-based. Person id ``-1`` marks junk (dropped); ``distractor_pid`` names the id of
+    distractors, if the data has any. Train ids are relabelled to ``0..n-1``.
 
     Args:
         root: the dataset root.
@@ -47,6 +48,10 @@ class GenericDataset(ReIDDataset):
             :data:`MARKET_NAME_PATTERN`.
         camid_base: number of the first camera in the data. Default 1.
         extensions: image extensions scanned in folders. Default ``.jpg .jpeg .png .bmp``.
+        distractor_pid: the id of gallery distractors (``0`` for Market-style data), left out
+            of the training split by ``use="all"``. Default None: no distractors.
+        use: ``"train"`` (default) or ``"all"`` (train + query + gallery, see
+            :class:`~metareid.data.ReIDDataset`).
         check_images: decode every image once at construction. Default False.
         on_bad_image: with ``check_images``: ``"raise"`` (default) or ``"skip"``.
 
@@ -87,6 +92,8 @@ class GenericDataset(ReIDDataset):
         pattern: str = MARKET_NAME_PATTERN,
         camid_base: int = 1,
         extensions: Sequence[str] = (".jpg", ".jpeg", ".png", ".bmp"),
+        distractor_pid: int | None = None,
+        use: Use = "train",
         check_images: bool = False,
         on_bad_image: OnBadImage = "raise",
     ) -> None:
@@ -102,8 +109,9 @@ class GenericDataset(ReIDDataset):
         self.pattern = regex
         self.camid_base = camid_base
         self.extensions = tuple(e.lower() for e in extensions)
+        self.distractor_pid = distractor_pid
         splits = [self._read_split(spec) for spec in (train, query, gallery)]
-        super().__init__(*splits, check_images=check_images, on_bad_image=on_bad_image)
+        super().__init__(*splits, use=use, check_images=check_images, on_bad_image=on_bad_image)
 
     def _parse_name(self, name: str) -> tuple[int, int]:
         """(pid, 0-based camid) from a file name."""

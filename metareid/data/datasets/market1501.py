@@ -27,10 +27,18 @@ class Market1501(MarketLayoutDataset):
             query/                0001_c1s1_001051_00.jpg ...
             bounding_box_test/    0000_c1s1_000151_01.jpg  -1_c1s1_000401_03.jpg ...
 
-    ``root`` may also be the ``Market-1501-v15.09.15`` folder itself.
+    ``root`` may also be the ``Market-1501-v15.09.15`` folder itself. Under a data directory
+    :func:`~metareid.data.build_dataset_from_spec` finds it as ``<data-dir>/market1501/``
+    (metareid, torchreid) or directly in ``<data-dir>/`` (fast-reid).
+
+    Id ``0`` marks distractors here (:attr:`distractor_pid`), one of the two datasets where it
+    does (GRID is the other).
 
     Args:
         root: the dataset root.
+        use: ``"train"`` (default) or ``"all"``: train + query + gallery form the training
+            split (1,501 ids; junk and distractors left out, test ids labelled after the
+            751 train ids), query and gallery are empty. Protocols 1 and 3 train on this.
         check_images: decode every image once at construction. Default False.
         on_bad_image: with ``check_images``: ``"raise"`` (default) or ``"skip"``.
 
@@ -65,6 +73,8 @@ class Market1501(MarketLayoutDataset):
     pattern: ClassVar[re.Pattern[str]] = re.compile(r"(-?\d+)_c(\d)s\d+_\d+_\d+")
     example_name: ClassVar[str] = "0002_c1s1_000451_03.jpg"
     num_cameras: ClassVar[int | None] = 6
+    folder_names: ClassVar[tuple[str, ...]] = ("market1501", "")
+    distractor_pid: int | None = 0
 
     def dataset_dir_candidates(self) -> list[str]:
         """``Market-1501-v15.09.15`` under ``root``, else ``root`` itself."""

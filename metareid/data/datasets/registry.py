@@ -7,12 +7,18 @@ from pathlib import Path
 from typing import Any
 
 from metareid.data.datasets.base import ReIDDataset
+from metareid.data.datasets.cuhk02 import CUHK02
 from metareid.data.datasets.cuhk03 import CUHK03, CUHK03NP
+from metareid.data.datasets.cuhksysu import CUHKSYSU
 from metareid.data.datasets.dukemtmc import DukeMTMCreID
 from metareid.data.datasets.generic import GenericDataset
+from metareid.data.datasets.grid import GRID
+from metareid.data.datasets.ilids import ILIDS
 from metareid.data.datasets.market1501 import Market1501
 from metareid.data.datasets.msmt17 import MSMT17
+from metareid.data.datasets.prid import PRID
 from metareid.data.datasets.synthetic import SyntheticReID
+from metareid.data.datasets.viper import VIPeR
 
 __all__ = ["DatasetFactory", "build_dataset", "list_datasets", "register_dataset"]
 
@@ -25,6 +31,12 @@ _REGISTRY: dict[str, DatasetFactory] = {
     "cuhk03np": CUHK03NP,
     "cuhk03": CUHK03,
     "msmt17": MSMT17,
+    "cuhk02": CUHK02,
+    "cuhksysu": CUHKSYSU,
+    "prid": PRID,
+    "grid": GRID,
+    "viper": VIPeR,
+    "ilids": ILIDS,
     "synthetic": SyntheticReID,
     "generic": GenericDataset,
 }
@@ -74,7 +86,11 @@ def build_dataset(name: str, root: str | Path, **kwargs: Any) -> ReIDDataset:
 
     Built-in names: ``market1501``, ``dukemtmc``, ``cuhk03np`` (``subset="detected"``
     default, or ``"labeled"``), ``cuhk03`` (old protocol, ``split_id=0``), ``msmt17``
-    (``version="V1"`` default, or ``"V2"``), ``synthetic`` (``domain=0``) and ``generic``.
+    (``version="V2"`` default, or ``"V1"``; ``layout="lists"`` or ``"market"``), ``cuhk02``
+    (``cameras``, ``test_pair``), ``cuhksysu`` (``layout``, ``camera``), the small
+    Protocol-1 targets ``prid``, ``grid``, ``viper`` and ``ilids`` (``split_id`` 0-9),
+    ``synthetic`` (``domain=0``) and ``generic``. Most take ``use="train"`` (default) or
+    ``"all"`` (train + query + gallery as training data).
 
     Args:
         name: a registered name (see :func:`list_datasets`).
@@ -107,7 +123,7 @@ def list_datasets() -> list[str]:
     """The registered dataset names, sorted.
 
     Example:
-        >>> list_datasets()[:3]
-        ['cuhk03', 'cuhk03np', 'dukemtmc']
+        >>> list_datasets()[:4]
+        ['cuhk02', 'cuhk03', 'cuhk03np', 'cuhksysu']
     """
     return sorted(_REGISTRY)

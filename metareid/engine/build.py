@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from metareid.data import MultiSourceDataset
+from metareid.distributed import RankGroup
 from metareid.engine.config import TrainConfig
 from metareid.engine.objective import M3LObjective
 from metareid.engine.schedule import warmup_multistep_scheduler
@@ -27,7 +28,7 @@ from metareid.layers.metabn import MetaBN
 from metareid.losses.memory_id import MemoryIDLoss
 from metareid.losses.triplet import HardTripletLoss
 from metareid.memory.bank import MemoryBank
-from metareid.meta.learner import MetaLearner
+from metareid.meta.learner import GradTransform, MetaLearner, OuterGradTransform
 from metareid.models import ReIDModel, build_model
 
 __all__ = [
@@ -147,6 +148,9 @@ def build_components(
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     grad_scaler: torch.amp.GradScaler | None = None,
+    ranks: RankGroup | None = None,
+    grad_transform: GradTransform | None = None,
+    outer_grad_transform: OuterGradTransform | None = None,
 ) -> TrainingComponents:
     """Memories, objective, optimiser, schedule and learner of ``cfg`` around ``model``.
 
@@ -158,6 +162,12 @@ def build_components(
         device: where the memories live.
         autocast: the context of the training forwards (see :class:`M3LObjective`).
         grad_scaler: for ``amp="fp16"``.
+        ranks: the :class:`~metareid.distributed.RankGroup` the batches are split across,
+            or ``None`` (default: whole batches, the plain computation).
+        grad_transform: passed to :class:`~metareid.MetaLearner` (the differentiable
+            all-reduce of the meta-train gradient under ``torchrun``).
+        outer_grad_transform: passed to :class:`~metareid.MetaLearner` (the all-reduce of
+            the outer gradient under ``torchrun``).
 
     Returns:
         The components.
@@ -190,6 +200,7 @@ def build_components(
         memory_update_timing=cfg.memory_update_timing,
         pid_offsets=list(sources.pid_offsets),
         autocast=autocast,
+        ranks=ranks,
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -210,5 +221,7 @@ def build_components(
             backend=cfg.backend,
             generator=meta_generator,
             grad_scaler=grad_scaler,
+            grad_transform=grad_transform,
+            outer_grad_transform=outer_grad_transform,
         )
     return TrainingComponents(memories, objective, optimizer, scheduler, learner, meta_generator)

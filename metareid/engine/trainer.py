@@ -34,13 +34,9 @@ from metareid.data import (
     build_train_loader,
     build_train_transform,
 )
-from metareid.engine import _rng
-from metareid.engine.build import (
-    build_components,
-    build_model_from_config,
-    resolve_device,
-    seed_everything,
-)
+from metareid.distributed import extract_features_sharded
+from metareid.engine import _dist, _rng
+from metareid.engine.build import build_components, build_model_from_config, seed_everything
 from metareid.engine.callbacks import (
     Callback,
     Checkpointing,
@@ -67,7 +63,16 @@ __all__ = [
 ]
 
 # Fields that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = {"progress", "plots", "workers", "log_every", "device", "eval_batch_size"}
+# ``micro_batches`` is compared through the number of chunks N (N processes = N micro-batches).
+_RESUMABLE_CHANGES = {
+    "progress",
+    "plots",
+    "workers",
+    "log_every",
+    "device",
+    "eval_batch_size",
+    "micro_batches",
+}
 _loss_is_growing = loss_is_growing  # the name earlier versions had
 
 
@@ -165,6 +170,14 @@ class Trainer:
     Checkpoints (``last.pt``) are written atomically after every epoch; ``fit(resume=True)``
     continues from them and, on CPU with a fixed seed, reproduces the uninterrupted run.
 
+    Scale-out (docs/distributed.md): under ``torchrun`` the trainer joins the process group
+    of the environment, computes on the device of ``LOCAL_RANK`` and trains on its identity
+    chunk of every batch, with the whole-batch losses, the global meta-train gradient
+    (differentiable all-reduce), the all-reduced outer gradient, a common meta-test
+    domain and identical memories on every rank; rank 0 alone writes logs, checkpoints
+    and pictures. ``micro_batches=N`` in one process computes the same N chunks one after
+    the other and gives what N ranks give.
+
     Args:
         config: The run's settings.
         log: Where human-readable lines go (default ``print``).
@@ -183,9 +196,10 @@ class Trainer:
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         config.validate()
         self.cfg = cfg = config
-        self.is_main = True
+        self.plumbing = plumbing = _dist.setup(cfg)
+        self.is_main = plumbing.context.is_main
         self._log = log
-        self.device = resolve_device(cfg.device)
+        self.device = plumbing.device
         self.amp_dtype: torch.dtype | None = {
             "off": None,
             "bf16": torch.bfloat16,
@@ -207,6 +221,14 @@ class Trainer:
 
         # Model, memories, objective, optimiser, schedule, learner (engine/build.py).
         self.model = build_model_from_config(cfg, self.sources).to(self.device)
+        _dist.broadcast_module_(self.model, plumbing)
+        ranks = plumbing.ranks
+        hooks: dict[str, Any] = {}
+        if plumbing.processes:
+            assert ranks is not None
+            hooks = dict(
+                grad_transform=ranks.all_reduce_mean, outer_grad_transform=ranks.all_reduce_grads_
+            )
         parts = build_components(
             cfg,
             self.model,
@@ -215,6 +237,8 @@ class Trainer:
             device=self.device,
             autocast=self._autocast,
             grad_scaler=self.grad_scaler,
+            ranks=ranks,
+            **hooks,
         )
         self.memories = parts.memories
         self.objective = parts.objective
@@ -266,11 +290,17 @@ class Trainer:
             The final and the best (target-selected) accuracy, and all evaluations.
         """
         cfg = self.cfg
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = self.output_dir / Checkpointing.filename
         resumed = False
-        if resume and ckpt_path.is_file():
-            self.load_state(load_checkpoint(ckpt_path, map_location=self.device))
+        if resume and _dist.share_from_main(ckpt_path.is_file(), self.plumbing):
+            if self.plumbing.processes:  # rank 0 reads; no shared file system needed
+                state = load_checkpoint(ckpt_path) if self.is_main else None
+                state = _dist.share_from_main(state, self.plumbing)
+            else:
+                state = load_checkpoint(ckpt_path, map_location=self.device)
+            self.load_state(state)
             resumed = True
         for cb in self.callbacks:
             cb.on_fit_start(self, resumed)
@@ -297,11 +327,28 @@ class Trainer:
         return result
 
     def init_memories(self) -> None:
-        """Memory initialisation (Sec. 3.3): the mean eval-mode feature of each identity."""
+        """Memory initialisation (Sec. 3.3): the mean eval-mode feature of each identity.
+
+        Under ``torchrun`` every rank extracts a shard of the records and the shards are
+        gathered, so every rank initialises from the same features.
+        """
         for domain, memory in enumerate(self.memories):
-            loader = self._test_loader(self.sources.per_domain_train[domain])
+            records = self.sources.per_domain_train[domain]
             with self._autocast():
-                feats, pids, _ = extract_features(self.model, loader, self.device, normalize=False)
+                if self.plumbing.processes:
+                    feats, pids, _ = extract_features_sharded(
+                        self.model,
+                        records,
+                        self._test_loader,
+                        self.plumbing.ranks,
+                        self.device,
+                        normalize=False,
+                    )
+                else:
+                    loader = self._test_loader(records)
+                    feats, pids, _ = extract_features(
+                        self.model, loader, self.device, normalize=False
+                    )
             cast(MemoryBank, memory).init_from(feats.float().to(self.device), pids.to(self.device))
 
     def train_epoch(self) -> None:
@@ -324,7 +371,9 @@ class Trainer:
         self.model.train()
         self.epoch_lr = lr = self.optimizer.param_groups[0]["lr"]
         progress = _progress(
-            cfg.iters_per_epoch, f"epoch {self.epoch + 1}/{cfg.epochs}", cfg.progress
+            cfg.iters_per_epoch,
+            f"epoch {self.epoch + 1}/{cfg.epochs}",
+            cfg.progress and self.is_main,
         )
         start = time.perf_counter()
         for i in progress:
@@ -355,10 +404,22 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> EvalResult:
-        """Retrieval accuracy on the target's query and gallery (Market protocol)."""
-        qf, q_pids, q_cams = self._features(self.target.query)
-        gf, g_pids, g_cams = self._features(self.target.gallery)
+        """Retrieval accuracy on the target's query and gallery (Market protocol).
+
+        Under ``torchrun`` the features are extracted in shards and gathered, rank 0 ranks
+        them and every rank returns its result.
+        """
+        features = self._sharded_features if self.plumbing.processes else self._features
+        qf, q_pids, q_cams = features(self.target.query)
+        gf, g_pids, g_cams = features(self.target.gallery)
         self.last_features = (qf, q_pids, q_cams, gf, g_pids, g_cams)  # for the pictures
+        if self.plumbing.processes:
+            result = self._rank(qf, gf, q_pids, g_pids, q_cams, g_cams) if self.is_main else None
+            return cast(EvalResult, _dist.share_from_main(result, self.plumbing))
+        return self._rank(qf, gf, q_pids, g_pids, q_cams, g_cams)
+
+    def _rank(self, qf: Tensor, gf: Tensor, *ids: Tensor) -> EvalResult:
+        q_pids, g_pids, q_cams, g_cams = ids
         res = evaluate_features(
             qf, gf, q_pids, g_pids, q_cams, g_cams, metric="euclidean", rerank=self.cfg.rerank
         )
@@ -382,8 +443,11 @@ class Trainer:
     _record_eval = record_evaluation
 
     def save_checkpoint(self, path: Path) -> None:
-        """Write :meth:`state_dict` to ``path`` atomically."""
-        save_checkpoint(self.state_dict(), path)
+        """Write :meth:`state_dict` to ``path`` atomically: rank 0, between two barriers."""
+        self.plumbing.barrier()
+        if self.is_main:
+            save_checkpoint(self.state_dict(), path)
+        self.plumbing.barrier()
 
     def _watch_loss(self, rec: dict[str, Any], logf: Any) -> None:
         """The divergence warning on one epoch record, written to the open file ``logf``."""
@@ -391,9 +455,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ one iteration
     def _iteration(self, batches: list[dict[str, Any]]) -> dict[str, float]:
-        out = self.objective.step(
-            self.model, batches, self.optimizer, self.learner, self.grad_scaler
-        )
+        plumbing = self.plumbing
+        if plumbing.ranks is None:  # one process, whole batches: the original streams
+            out = self.objective.step(
+                self.model, batches, self.optimizer, self.learner, self.grad_scaler
+            )
+        else:
+            seed, it = self.cfg.seed, self.iteration
+            out = self.objective.step(
+                self.model,
+                batches,
+                self.optimizer,
+                self.learner,
+                self.grad_scaler,
+                meta_test=None
+                if self.learner is None
+                else plumbing.meta_test_domain(seed, it, len(batches)),
+                generators=plumbing.metabn_generators(seed, it) if self.objective.metabn else None,
+            )
         for k, v in out.items():
             self._parts.setdefault(k, []).append(v)
         return out
@@ -414,6 +493,7 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "format": 1,
+            "num_chunks": self.plumbing.num_chunks,
             "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict(),
             "config": self.cfg.to_dict(),
             "epoch": self.epoch,
@@ -443,6 +523,15 @@ class Trainer:
                 + ", ".join(
                     f"{k} (checkpoint {stored.get(k)!r}, now {current.get(k)!r})" for k in diff
                 )
+            )
+        chunks = int(state.get("num_chunks", 1))
+        if chunks != self.plumbing.num_chunks:
+            raise ValueError(
+                f"the checkpoint was written with the batch split into N={chunks} chunks "
+                f"(torchrun processes x micro_batches), this run splits it into "
+                f"N={self.plumbing.num_chunks}: per-chunk BatchNorm/MetaBN statistics and "
+                f"random streams depend on N; resume with {chunks} torchrun processes or "
+                f"--micro-batches {chunks}"
             )
         self.model.load_state_dict(state["model"])
         self.memories.load_state_dict(state["memories"])
@@ -490,6 +579,19 @@ class Trainer:
             num_workers=self.cfg.workers,
             pin_memory=self.device.type == "cuda",
         )
+
+    def _sharded_features(self, records: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """Evaluation features of ``records``, one shard per rank, gathered (collective)."""
+        with self._autocast():
+            feats, pids, cams = extract_features_sharded(
+                self.model,
+                records,
+                self._test_loader,
+                self.plumbing.ranks,
+                self.device,
+                flip=self.cfg.flip_eval,
+            )
+        return feats.float(), pids, cams
 
     def _features(self, records: Any) -> tuple[Tensor, Tensor, Tensor]:
         """Evaluation features of ``records`` in this process (no collective)."""

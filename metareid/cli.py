@@ -5,6 +5,8 @@
 the config file (JSON, keys = :class:`~metareid.engine.TrainConfig` fields), overridden
 by any flag given; ``--resume`` continues ``<output-dir>/last.pt``; ``--protocol
 m3l|p1|p2|p3 [--target T]`` sets the sources and targets of a DG protocol and prints them.
+``torchrun --nproc_per_node=N -m metareid train ...`` trains on N processes
+(docs/distributed.md); ``--micro-batches N`` reproduces them in one process.
 ``metareid evaluate --checkpoint runs/m3l/last.pt`` evaluates a checkpoint on its
 config's target (or ``--target``), reading only the checkpoint and the target dataset.
 ``metareid synthetic --data-dir DIR`` writes the built-in synthetic benchmark.
@@ -89,6 +91,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    # Under torchrun, ``record`` puts an exception's traceback into torchrun's failure
+    # report (it re-raises the exception); outside torchrun it is not needed.
+    import os
+
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return _run_training(args)
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    status = record(_run_training)(args)
+    return 0 if status is None else status
+
+
+def _run_training(args: argparse.Namespace) -> int:
     from metareid.engine import TrainConfig, Trainer
     from metareid.engine.protocol import apply_protocol
 

@@ -1,5 +1,7 @@
 """Training engine: the M3L trainer, its configuration, schedule and checkpoints."""
 
+from metareid.engine.build import TrainingComponents, build_components, build_model_from_config
+from metareid.engine.callbacks import Callback
 from metareid.engine.checkpoint import load_checkpoint, save_checkpoint
 from metareid.engine.config import METHODS, PRESETS, TrainConfig, preset_deviations
 from metareid.engine.objective import M3LObjective
@@ -24,14 +26,18 @@ from metareid.engine.trainer import (
 __all__ = [
     "METHODS",
     "PRESETS",
+    "Callback",
     "EvalResult",
     "M3LObjective",
     "SplitResults",
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "TrainingComponents",
     "apply_protocol",
+    "build_components",
     "build_dataset_from_spec",
+    "build_model_from_config",
     "describe_preset",
     "evaluate_final_targets",
     "format_results",

@@ -68,6 +68,11 @@ class TrainConfig:
     in float32, as the paper's numbers were obtained; ``"bf16"`` autocasts to bfloat16,
     ``"fp16"`` to float16 with a ``torch.amp.GradScaler`` that the meta step honours.
 
+    Scale-out: ``micro_batches=N`` splits each domain's P x K batch by identity into N
+    chunks computed one after the other, each with its own BatchNorm and MetaBN
+    statistics, exactly as N ``torchrun`` ranks compute them (docs/distributed.md);
+    ``1`` (default) is the whole-batch computation. N must divide ``num_identities``.
+
     Dataset specs are registry names with optional ``:options`` (see
     :mod:`metareid.data.specs`): ``market1501``, ``dukemtmc``, ``cuhk03np``
     (``cuhk03np:labeled``), ``cuhk03`` (old protocol), ``msmt17`` (V2 by default,
@@ -151,6 +156,13 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: Literal["off", "bf16", "fp16"] = "off"
+    micro_batches: int = field(
+        default=1,
+        metadata={
+            "help": "split every domain batch by identity into N chunks with their own "
+            "BatchNorm/MetaBN statistics, as N torchrun ranks would (1 = whole batches)"
+        },
+    )
     progress: bool = True
     log_every: int = 10
     plots: bool = True
@@ -181,6 +193,14 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        mb = self.micro_batches
+        if isinstance(mb, bool) or not isinstance(mb, int) or mb < 1:
+            raise ValueError(f"micro_batches must be an int >= 1, got {mb!r}")
+        if self.num_identities % mb:
+            raise ValueError(
+                f"micro_batches={mb} must divide num_identities={self.num_identities}, so "
+                "that every micro-batch holds num_identities / micro_batches whole identities"
+            )
         if self.num_instances < 2 and self.triplet:
             raise ValueError(
                 f"num_instances must be >= 2 when triplet=True (positives are needed), "

@@ -8,13 +8,21 @@ outputs (``pooled``, ``features``, ``logits``) in train mode.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metareid.distributed.losses import (
+    hard_triplet_loss_across_ranks,
+    memory_id_loss_across_ranks,
+)
+from metareid.distributed.memory import update_memory_across_ranks
+from metareid.distributed.ranks import RankGroup
+from metareid.distributed.split import local_chunks
+from metareid.layers.metabn import metabn_stats_slot
 from metareid.losses.memory_id import MemoryIDLoss
 from metareid.losses.triplet import HardTripletLoss
 from metareid.memory.bank import MemoryBank
@@ -54,6 +62,19 @@ class M3LObjective:
     after the outer step (moving BatchNorm running statistics a second time) and writes
     those features, domain by domain.
 
+    Split batches (``ranks``, see ``docs/distributed.md``): with a
+    :class:`~metareid.distributed.RankGroup` every domain's batch is split by identity
+    into N chunks (:func:`~metareid.distributed.local_chunks`) and the model runs on each
+    chunk of this process separately, so BatchNorm and MetaBN statistics are per chunk
+    (each chunk's MetaBN records and mixes its own statistics through
+    :func:`~metareid.layers.metabn_stats_slot`). The losses are those of the whole batch
+    (batch-hard mining over every chunk, the memory and classifier losses averaged over
+    every sample) and the memories are updated once with every chunk's features in rank
+    order. BatchNorm running statistics move by the mean over chunks of each chunk's
+    update (the momentum update is linear, so this is the update with the mean of the
+    chunks' batch statistics). ``ranks=None`` (default) is the plain whole-batch
+    computation.
+
     Args:
         memories: One :class:`~metareid.MemoryBank` per source domain (empty when
             ``id_loss`` is not ``"memory"``).
@@ -69,6 +90,11 @@ class M3LObjective:
         pid_offsets: First global identity of each domain, for ``"fc_global"``.
         autocast: Zero-argument callable returning the context manager that model forwards
             run in (e.g. ``torch.autocast``); default: none.
+        ranks: The :class:`~metareid.distributed.RankGroup` the batches are split across
+            (``MicroBatchRanks(N)`` in one process, ``ProcessRanks()`` under ``torchrun``),
+            or ``None`` (default): whole batches. ``triplet_loss`` and ``memory_loss``
+            must then be :class:`~metareid.HardTripletLoss` / :class:`~metareid.MemoryIDLoss`
+            (their settings are used by the split losses).
 
     Example:
         >>> import torch, torch.nn.functional as F
@@ -103,6 +129,7 @@ class M3LObjective:
         memory_update_timing: Literal["step", "after"] = "step",
         pid_offsets: Sequence[int] | None = None,
         autocast: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+        ranks: RankGroup | None = None,
     ) -> None:
         if id_loss not in _ID_LOSSES:
             raise ValueError(f"id_loss must be one of {_ID_LOSSES}; got {id_loss!r}")
@@ -123,6 +150,8 @@ class M3LObjective:
                 raise TypeError(f"memories[{i}] must be a MemoryBank, got {type(m).__name__}")
         if id_loss == "fc_global" and (pid_offsets is None or len(pid_offsets) != num_domains):
             raise ValueError("id_loss='fc_global' needs pid_offsets with one entry per domain")
+        if ranks is not None and not isinstance(ranks, RankGroup):
+            raise TypeError(f"ranks must be a RankGroup or None, got {type(ranks).__name__}")
         self.memories = memories
         self.num_domains = num_domains
         self.id_loss = id_loss
@@ -133,6 +162,18 @@ class M3LObjective:
         self.memory_update_timing = memory_update_timing
         self.pid_offsets = None if pid_offsets is None else [int(o) for o in pid_offsets]
         self.autocast = autocast or contextlib.nullcontext
+        if ranks is not None:
+            for name, module, kind in (
+                ("memory_loss", self.memory_loss, MemoryIDLoss),
+                ("triplet_loss", self.triplet_loss, HardTripletLoss),
+            ):
+                if not isinstance(module, kind):
+                    raise TypeError(
+                        f"with ranks, {name} must be a {kind.__name__} (its settings are used "
+                        f"by the split loss), got {type(module).__name__}"
+                    )
+        self.ranks = ranks
+        self._generators: Sequence[torch.Generator] | None = None
 
     # ------------------------------------------------------------------ the loss
     def mixtures(self, phase: Phase | str) -> int:
@@ -148,7 +189,7 @@ class M3LObjective:
 
     def loss(
         self, model: nn.Module, batch: dict[str, Any], domain: int, phase: Phase | str
-    ) -> tuple[Tensor, dict[str, Tensor] | None]:
+    ) -> tuple[Tensor, dict[str, Any] | None]:
         """Eq. 8 (meta-train, plain step) / Eq. 10 (meta-test) on one domain's batch.
 
         Args:
@@ -160,13 +201,15 @@ class M3LObjective:
         Returns:
             ``(loss, aux)``: ``aux = {"features": (B, D), "pid": (B,)}`` detached, when
             these features may update the memory of ``domain``; ``None`` for MetaBN
-            mixtures.
+            mixtures. With ``ranks`` both entries are lists with one tensor per local rank.
 
         Raises:
             RuntimeError: if the model returns a tensor (eval mode) or a number of rows
                 other than ``mixtures(phase) * B``.
         """
         phase = Phase(phase)
+        if self.ranks is not None:
+            return self._split_loss(model, batch, domain, phase)
         images, pids = batch["img"], batch["pid"]
         with self.autocast():
             out = model(images)
@@ -196,6 +239,80 @@ class M3LObjective:
         aux = None if mixed else {"features": feats.detach(), "pid": pids}
         return loss, aux
 
+    def _split_loss(
+        self, model: nn.Module, batch: dict[str, Any], domain: int, phase: Phase
+    ) -> tuple[Tensor, dict[str, Any] | None]:
+        """:meth:`loss` with the batch split across ``self.ranks`` (see the class docs)."""
+        ranks = cast(RankGroup, self.ranks)
+        chunks = local_chunks(batch, ranks)
+        outs = self._chunk_forwards(model, chunks, grad=True)
+        reps = self.mixtures(phase)
+        feats, pooled, pids, labels = [], [], [], []
+        for out, chunk in zip(outs, chunks, strict=True):
+            f = _full_precision(out.features)
+            if f.shape[0] != reps * chunk["pid"].shape[0]:
+                raise RuntimeError(
+                    f"in phase {phase.value!r} the model returned {f.shape[0]} feature rows "
+                    f"for a chunk of {chunk['pid'].shape[0]}; expected {reps} x "
+                    f"{chunk['pid'].shape[0]}"
+                )
+            feats.append(f)
+            pooled.append(_full_precision(out.pooled))
+            pids.append(chunk["pid"])
+            labels.append(chunk["pid"].repeat(reps))
+        loss = feats[0].new_zeros(())
+        if self.id_loss == "memory":
+            mem_loss = cast(MemoryIDLoss, self.memory_loss)
+            loss = loss + memory_id_loss_across_ranks(
+                feats, labels, self.memories[domain], ranks, mem_loss.temperature
+            )
+        elif self.id_loss in ("fc_global", "fc_domain"):
+            per_sample = []
+            for out, y in zip(outs, labels, strict=True):
+                if self.id_loss == "fc_global":
+                    assert self.pid_offsets is not None
+                    logits = _full_precision(_logits(out.logits))
+                    y = y + self.pid_offsets[domain]
+                else:
+                    logits = _full_precision(_logits(out.logits, domain))
+                per_sample.append(F.cross_entropy(logits, y, reduction="sum"))
+            loss = loss + _mean_over_ranks(per_sample, labels, ranks)
+        if self.triplet:
+            tri = cast(HardTripletLoss, self.triplet_loss)
+            loss = loss + hard_triplet_loss_across_ranks(
+                pooled, pids, ranks, tri.margin, tri.normalize
+            )
+        if phase is Phase.META_TEST and self.metabn:
+            return loss, None
+        return loss, {"features": [f.detach() for f in feats], "pid": pids}
+
+    def _chunk_forwards(
+        self, model: nn.Module, chunks: Sequence[dict[str, Any]], grad: bool
+    ) -> list[Any]:
+        """The model on each local chunk, with its own MetaBN slot and noise stream.
+
+        With several local chunks, every chunk's forward starts from the same BatchNorm
+        running statistics and the statistics end at the mean of the chunks' updates.
+        """
+        ranks = cast(RankGroup, self.ranks)
+        outs = []
+        with _mean_running_stats(model, len(chunks)) as before_chunk:
+            for i, (r, chunk) in enumerate(zip(ranks.local_ranks, chunks, strict=True)):
+                before_chunk(i)
+                gen = None if self._generators is None else self._generators[i]
+                with (
+                    metabn_stats_slot(model, r, gen),
+                    self.autocast(),
+                    contextlib.nullcontext() if grad else torch.no_grad(),
+                ):
+                    out = model(chunk["img"])
+                if isinstance(out, Tensor):
+                    raise RuntimeError(
+                        "the model returned a tensor in train mode; call model.train()"
+                    )
+                outs.append(out)
+        return outs
+
     # ------------------------------------------------------------------ one iteration
     def step(
         self,
@@ -204,6 +321,9 @@ class M3LObjective:
         optimizer: torch.optim.Optimizer,
         learner: MetaLearner | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
+        *,
+        meta_test: int | None = None,
+        generators: Sequence[torch.Generator] | None = None,
     ) -> dict[str, float]:
         """One training iteration on one batch per domain, memory updates included.
 
@@ -214,31 +334,68 @@ class M3LObjective:
             learner: ``None`` for a plain step on the mean loss over domains (baseline),
                 else the :class:`~metareid.MetaLearner` that runs the meta step.
             grad_scaler: For fp16 in the plain step (a meta step uses the learner's own).
+            meta_test: The meta-test domain (meta step only); ``None`` lets ``learner``
+                draw it.
+            generators: With ``ranks``: one ``torch.Generator`` per local rank for the
+                MetaBN draws of that rank's chunk; ``None`` (default) keeps the layers'
+                own generator.
 
         Returns:
             ``{"loss": ...}`` (baseline), or also ``meta_train_loss``, ``meta_test_loss``
-            and ``meta_test_domain``.
+            and ``meta_test_domain``. With ``ranks`` spanning several processes, the
+            losses are averaged over the processes: the whole-batch losses.
         """
         if len(batches) != self.num_domains:
             raise ValueError(
                 f"batches must hold one batch per domain ({self.num_domains}), got {len(batches)}"
             )
+        if generators is not None:
+            local = 1 if self.ranks is None else len(self.ranks.local_ranks)
+            if len(generators) != local or not all(
+                isinstance(g, torch.Generator) for g in generators
+            ):
+                raise ValueError(
+                    f"generators must hold one torch.Generator per local rank ({local}), got "
+                    f"{len(generators)} items"
+                )
+        self._generators = generators
+        try:
+            return self._step(model, batches, optimizer, learner, grad_scaler, meta_test)
+        finally:
+            self._generators = None
+
+    def _step(
+        self,
+        model: nn.Module,
+        batches: Sequence[dict[str, Any]],
+        optimizer: torch.optim.Optimizer,
+        learner: MetaLearner | None,
+        grad_scaler: torch.amp.GradScaler | None,
+        meta_test: int | None,
+    ) -> dict[str, float]:
+        ranks = self.ranks
+        processes = ranks is not None and ranks.num_ranks > len(ranks.local_ranks)
         written: list[tuple[int, dict[str, Tensor] | None]]
         if learner is None:
             optimizer.zero_grad(set_to_none=True)
             outputs = [self.loss(model, b, d, Phase.NORMAL) for d, b in enumerate(batches)]
             loss = torch.stack([o[0] for o in outputs]).mean()
+            params = [p for g in optimizer.param_groups for p in g["params"]]
             if grad_scaler is not None:
                 grad_scaler.scale(loss).backward()
+                if ranks is not None:
+                    ranks.all_reduce_grads_(params)
                 grad_scaler.step(optimizer)
                 grad_scaler.update()
             else:
                 loss.backward()
+                if ranks is not None:
+                    ranks.all_reduce_grads_(params)
                 optimizer.step()
             out = {"loss": float(loss.detach())}
             written = [(d, o[1]) for d, o in enumerate(outputs)]
         else:
-            res = learner.step(batches, self.loss)
+            res = learner.step(batches, self.loss, meta_test=meta_test)
             out = {
                 "loss": res.meta_train_loss + res.meta_test_loss,
                 "meta_train_loss": res.meta_train_loss,
@@ -247,6 +404,14 @@ class M3LObjective:
             }
             written = self._written(res)
         self.update_memories(model, batches, written)
+        if processes:
+            assert ranks is not None
+            _average_running_stats_(model, ranks)
+            keys = [k for k in out if k != "meta_test_domain"]
+            values = torch.tensor([out[k] for k in keys], dtype=torch.float64)
+            mean = ranks.all_reduce_mean([values])[0]
+            assert mean is not None
+            out.update(zip(keys, (float(v) for v in mean), strict=True))
         return out
 
     @staticmethod
@@ -271,6 +436,9 @@ class M3LObjective:
         """
         if self.id_loss != "memory":
             return
+        if self.ranks is not None:
+            self._split_update_memories(model, batches, written)
+            return
         if self.memory_update_timing == "after":
             with torch.no_grad(), self.autocast():
                 for d, b in enumerate(batches):
@@ -282,6 +450,99 @@ class M3LObjective:
         for d, aux in written:
             if aux is not None:
                 self.memories[d].update(aux["features"], aux["pid"])
+
+    def _split_update_memories(
+        self,
+        model: nn.Module,
+        batches: Sequence[dict[str, Any]],
+        written: Sequence[tuple[int, dict[str, Any] | None]],
+    ) -> None:
+        ranks = cast(RankGroup, self.ranks)
+        if self.memory_update_timing == "after":
+            for d, b in enumerate(batches):
+                chunks = local_chunks(b, ranks)
+                outs = self._chunk_forwards(model, chunks, grad=False)
+                feats = [_full_precision(o.features) for o in outs]
+                update_memory_across_ranks(
+                    self.memories[d], feats, [c["pid"] for c in chunks], ranks
+                )
+            return
+        for d, aux in written:
+            if aux is not None:
+                update_memory_across_ranks(self.memories[d], aux["features"], aux["pid"], ranks)
+
+
+def _mean_over_ranks(sums: list[Tensor], labels: list[Tensor], ranks: RankGroup) -> Tensor:
+    """This process's share of a per-sample mean: N * (local sum) / (all ranks' samples)."""
+    total = sum(sums)
+    assert isinstance(total, Tensor)
+    count = sum(ranks.sizes(labels))
+    return total * (ranks.num_ranks / len(ranks.local_ranks)) / count
+
+
+def _tracked_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and m.training
+        and m.track_running_stats
+        and m.running_mean is not None
+    ]
+
+
+@contextlib.contextmanager
+def _mean_running_stats(model: nn.Module, num_chunks: int) -> Iterator[Callable[[int], None]]:
+    """Yield ``before_chunk(i)``; on exit the running statistics are the chunks' mean.
+
+    Each chunk's forward starts from the statistics before the first chunk
+    (``before_chunk`` restores them); the exit sets the running mean and variance to the
+    mean over chunks of the values each chunk's forward left (``num_batches_tracked``
+    moved by one, as after one forward). A no-op for one chunk.
+    """
+    layers = _tracked_batchnorms(model) if num_chunks > 1 else []
+    start = [
+        (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())  # type: ignore[union-attr]
+        for m in layers
+    ]
+    sums: list[list[Tensor]] = [[torch.zeros_like(a), torch.zeros_like(b)] for a, b, _ in start]
+
+    def collect() -> None:
+        for m, acc in zip(layers, sums, strict=True):
+            acc[0] += cast(Tensor, m.running_mean)
+            acc[1] += cast(Tensor, m.running_var)
+
+    # The buffers are replaced, never written in place: a chunk's forward saved them for
+    # its backward, and an in-place write would invalidate that graph.
+    def before_chunk(i: int) -> None:
+        if i == 0 or not layers:
+            return
+        collect()
+        for m, (mean, var, count) in zip(layers, start, strict=True):
+            m.running_mean = mean.clone()
+            m.running_var = var.clone()
+            m.num_batches_tracked = count.clone()
+
+    yield before_chunk
+    if layers:
+        collect()
+        for m, (mean, var) in zip(layers, sums, strict=True):
+            m.running_mean = mean / num_chunks
+            m.running_var = var / num_chunks
+
+
+def _average_running_stats_(model: nn.Module, ranks: RankGroup) -> None:
+    """Running means and variances of every BatchNorm averaged over the processes."""
+    buffers: list[Tensor] = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            buffers += [m.running_mean, cast(Tensor, m.running_var)]
+    if not buffers:
+        return
+    with torch.no_grad():
+        for b, mean in zip(buffers, ranks.all_reduce_mean(buffers), strict=True):
+            assert mean is not None
+            b.copy_(mean)
 
 
 def _full_precision(t: Tensor) -> Tensor:

@@ -1,19 +1,28 @@
-"""The M3L trainer: Algorithm 1 with memories, evaluation, checkpoints and logs."""
+"""The M3L trainer: the training loop of Algorithm 1, and the results it reports.
+
+The trainer is assembled from named parts:
+
+* building from the config: :mod:`metareid.engine.build` (model, memories, objective,
+  optimiser, schedule, learner);
+* the M3L objective (losses, memories, phase handling): :mod:`metareid.engine.objective`;
+* the loop, here, with its callbacks (logging, checkpoints, evaluation, pictures,
+  divergence warning): :mod:`metareid.engine.callbacks`;
+* the distributed plumbing (``torchrun``, ``--micro-batches``): :mod:`metareid.engine._dist`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from metareid.data import (
     MultiDomainBatchIterator,
@@ -25,17 +34,23 @@ from metareid.data import (
     build_train_transform,
     source_check_line,
 )
+from metareid.distributed import extract_features_sharded
+from metareid.engine import _dist, _rng
+from metareid.engine.build import build_components, build_model_from_config, seed_everything
+from metareid.engine.callbacks import (
+    Callback,
+    Checkpointing,
+    DivergenceWatch,
+    EndOfRunPictures,
+    JsonlLog,
+    PeriodicEvaluation,
+    loss_is_growing,
+)
 from metareid.engine.checkpoint import load_checkpoint, save_checkpoint
 from metareid.engine.config import TrainConfig, preset_deviations
-from metareid.engine.objective import M3LObjective
-from metareid.engine.schedule import warmup_multistep_scheduler
 from metareid.evaluation import evaluate_features, extract_features
 from metareid.layers.metabn import MetaBN
-from metareid.losses.memory_id import MemoryIDLoss
-from metareid.losses.triplet import HardTripletLoss
 from metareid.memory.bank import MemoryBank
-from metareid.meta.learner import MetaLearner
-from metareid.models import ReIDModel, build_model
 
 if TYPE_CHECKING:
     from metareid.engine.protocol import SplitResults
@@ -51,7 +66,17 @@ __all__ = [
 ]
 
 # Fields that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = {"progress", "plots", "workers", "log_every", "device", "eval_batch_size"}
+# ``micro_batches`` is compared through the number of chunks N (N processes = N micro-batches).
+_RESUMABLE_CHANGES = {
+    "progress",
+    "plots",
+    "workers",
+    "log_every",
+    "device",
+    "eval_batch_size",
+    "micro_batches",
+}
+_loss_is_growing = loss_is_growing  # the name earlier versions had
 
 
 @dataclass(frozen=True)
@@ -119,6 +144,8 @@ class Trainer:
     :class:`~metareid.engine.M3LObjective` (:attr:`objective`): with
     ``memory_update_timing="step"`` the memories receive the detached features of the
     step's own forwards, never a MetaBN mixture; ``"after"`` reproduces the published code.
+    The components are built by :func:`metareid.engine.build.build_components`; logs,
+    checkpoints, evaluations and pictures are :mod:`~metareid.engine.callbacks`.
 
     Numerics follow ``config.amp``: float32 by default; ``"bf16"`` / ``"fp16"`` autocast
     the training forwards, the memory initialisation and the evaluation features, and
@@ -126,6 +153,14 @@ class Trainer:
 
     Checkpoints (``last.pt``) are written atomically after every epoch; ``fit(resume=True)``
     continues from them and, on CPU with a fixed seed, reproduces the uninterrupted run.
+
+    Scale-out (docs/distributed.md): under ``torchrun`` the trainer joins the process group
+    of the environment, computes on the device of ``LOCAL_RANK`` and trains on its identity
+    chunk of every batch, with the whole-batch losses, the global meta-train gradient
+    (differentiable all-reduce), the all-reduced outer gradient, a common meta-test
+    domain and identical memories on every rank; rank 0 alone writes logs, checkpoints
+    and pictures. ``micro_batches=N`` in one process computes the same N chunks one after
+    the other and gives what N ranks give.
 
     Args:
         config: The run's settings.
@@ -145,8 +180,10 @@ class Trainer:
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         config.validate()
         self.cfg = cfg = config
-        self.log = log
-        self.device = _resolve_device(cfg.device)
+        self.plumbing = plumbing = _dist.setup(cfg)
+        self.is_main = plumbing.context.is_main
+        self._log = log
+        self.device = plumbing.device
         self.amp_dtype: torch.dtype | None = {
             "off": None,
             "bf16": torch.bfloat16,
@@ -156,7 +193,7 @@ class Trainer:
             torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None
         )
         self.output_dir = Path(cfg.output_dir)
-        _seed_everything(cfg.seed)
+        seed_everything(cfg.seed)
 
         # Data: sources in domain order, the target's query and gallery.
         sources = [build_dataset_from_spec(s, cfg.data_dir) for s in cfg.sources]
@@ -166,81 +203,68 @@ class Trainer:
         self.train_transform = build_train_transform(size, random_erasing_prob=cfg.random_erasing)
         self.test_transform = build_test_transform(size)
 
-        # Model, memories, losses, optimiser.
-        self.model = self._build_model().to(self.device)
-        feat_dim = self.model.feat_dim
-        self.memories = nn.ModuleList(
-            MemoryBank(n, feat_dim, momentum=cfg.memory_momentum, update=cfg.memory_update)
-            for n in (self.sources.num_classes_per_domain if cfg.id_loss == "memory" else ())
-        ).to(self.device)
-        self.objective = M3LObjective(
-            [cast(MemoryBank, m) for m in self.memories],
-            len(cfg.sources),
-            id_loss=cfg.id_loss,
-            triplet=cfg.triplet,
-            memory_loss=MemoryIDLoss(temperature=cfg.temperature),
-            triplet_loss=HardTripletLoss(margin=cfg.margin),
-            metabn=cfg.method == "m3l",
-            memory_update_timing=cfg.memory_update_timing,
-            pid_offsets=list(self.sources.pid_offsets),
-            autocast=self._autocast,
-        )
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scheduler = warmup_multistep_scheduler(
-            self.optimizer, cfg.warmup_epochs, cfg.warmup_factor, cfg.milestones, cfg.gamma
-        )
-        self.meta_generator = torch.Generator().manual_seed(cfg.seed + 1)
-        self.learner: MetaLearner | None = None
-        if cfg.method != "baseline":
-            self.learner = MetaLearner(
-                self.model,
-                self.optimizer,
-                inner_optimizer=cfg.inner_optimizer,
-                inner_state=cfg.inner_state,
-                inner_eps=cfg.inner_eps,
-                inner_eps_root=cfg.inner_eps_root,
-                first_order=cfg.first_order,
-                backend=cfg.backend,
-                generator=self.meta_generator,
-                grad_scaler=self.grad_scaler,
+        # Model, memories, objective, optimiser, schedule, learner (engine/build.py).
+        self.model = build_model_from_config(cfg, self.sources).to(self.device)
+        _dist.broadcast_module_(self.model, plumbing)
+        ranks = plumbing.ranks
+        hooks: dict[str, Any] = {}
+        if plumbing.processes:
+            assert ranks is not None
+            hooks = dict(
+                grad_transform=ranks.all_reduce_mean, outer_grad_transform=ranks.all_reduce_grads_
             )
+        parts = build_components(
+            cfg,
+            self.model,
+            self.sources,
+            feat_dim=self.model.feat_dim,
+            device=self.device,
+            autocast=self._autocast,
+            grad_scaler=self.grad_scaler,
+            ranks=ranks,
+            **hooks,
+        )
+        self.memories = parts.memories
+        self.objective = parts.objective
+        self.optimizer = parts.optimizer
+        self.scheduler = parts.scheduler
+        self.meta_generator = parts.meta_generator
+        self.learner = parts.learner
+
         self.epoch = 0
         self.iteration = 0
+        self.epoch_lr = self.optimizer.param_groups[0]["lr"]
         self.evaluations: list[EvalResult] = []
         self._parts: dict[str, list[float]] = {}
-        self.loss_history: list[float] = []  # epoch means of the watched training loss
-        self._warned_growth = False
         self.last_features: tuple[Tensor, ...] | None = None
+        self.jsonl = JsonlLog()
+        self.divergence = DivergenceWatch()
+        self.callbacks: list[Callback] = [
+            self.jsonl,
+            self.divergence,
+            PeriodicEvaluation(),
+            Checkpointing(),
+            EndOfRunPictures(),
+        ]
 
-    # ------------------------------------------------------------------ building
-    def _build_model(self) -> ReIDModel:
-        cfg = self.cfg
-        num_classes: int | list[int] | None = None
-        if cfg.id_loss == "fc_global":
-            num_classes = self.sources.num_combined_classes
-        elif cfg.id_loss == "fc_domain":
-            num_classes = list(self.sources.num_classes_per_domain)
-        pretrained: bool | str = {"imagenet": True, "none": False}.get(
-            cfg.pretrained, cfg.pretrained
-        )
-        model = build_model(
-            cfg.arch,
-            pretrained=pretrained,
-            last_stride=cfg.last_stride,
-            num_classes=num_classes,
-            sample_scale=cfg.metabn_scale,
-            share_lambda=cfg.share_lambda,
-        )
-        neck = model.neck
-        assert isinstance(neck, MetaBN)
-        neck.generator = torch.Generator().manual_seed(cfg.seed + 2)
-        if cfg.method != "m3l":  # Table 3 ablations: no MetaBN
-            plain = nn.BatchNorm1d(neck.num_features, eps=neck.eps, momentum=neck.momentum)
-            plain.load_state_dict(neck.state_dict())
-            plain.bias.requires_grad_(neck.bias.requires_grad)
-            model.neck = plain  # type: ignore[assignment]  # the ablation swaps the neck
-        return model
+    # ------------------------------------------------------------------ logging
+    def log(self, line: str) -> None:
+        """One human-readable line, through the ``log`` given to the constructor."""
+        if self.is_main:
+            self._log(line)
+
+    def log_record(self, record: dict[str, Any]) -> None:
+        """Append one JSON record to ``log.jsonl`` (rank 0 only)."""
+        self.jsonl.write(self, record)
+
+    @property
+    def loss_history(self) -> list[float]:
+        """Epoch means of the watched training loss (see :class:`DivergenceWatch`)."""
+        return self.divergence.history
+
+    @loss_history.setter
+    def loss_history(self, values: list[float]) -> None:
+        self.divergence.history = list(values)
 
     # ------------------------------------------------------------------ public API
     def fit(self, resume: bool = False) -> TrainResult:
@@ -250,17 +274,25 @@ class Trainer:
             The final and the best (target-selected) accuracy, and all evaluations.
         """
         cfg = self.cfg
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_path = self.output_dir / "last.pt"
-        if resume and ckpt_path.is_file():
-            self.load_state(load_checkpoint(ckpt_path, map_location=self.device))
-            self._truncate_log()
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_path = self.output_dir / Checkpointing.filename
+        resumed = False
+        if resume and _dist.share_from_main(ckpt_path.is_file(), self.plumbing):
+            if self.plumbing.processes:  # rank 0 reads; no shared file system needed
+                state = load_checkpoint(ckpt_path) if self.is_main else None
+                state = _dist.share_from_main(state, self.plumbing)
+            else:
+                state = load_checkpoint(ckpt_path, map_location=self.device)
+            self.load_state(state)
+            resumed = True
+        for cb in self.callbacks:
+            cb.on_fit_start(self, resumed)
+        if resumed:
             self.log(f"resumed from {ckpt_path} after epoch {self.epoch}")
         else:
             if resume:
                 self.log(f"no checkpoint at {ckpt_path}: starting from scratch")
-            (self.output_dir / "log.jsonl").unlink(missing_ok=True)
-            cfg.save(self.output_dir / "config.json")
             self.log(describe_preset(cfg))
             self.log(self.sources.summary())
             for spec, source in zip(cfg.sources, self.sources.datasets, strict=True):
@@ -268,12 +300,10 @@ class Trainer:
             self.init_memories()
         while self.epoch < cfg.epochs:
             self.train_epoch()
-            last = self.epoch == cfg.epochs
-            if last or (cfg.eval_every and self.epoch % cfg.eval_every == 0):
-                self._record_eval(self.evaluate())
-            save_checkpoint(self.state_dict(), ckpt_path)
+            for cb in self.callbacks:
+                cb.on_epoch_complete(self)
         if not self.evaluations or self.evaluations[-1].epoch != self.epoch:
-            self._record_eval(self.evaluate())
+            self.record_evaluation(self.evaluate())
         final = self.evaluations[-1]
         best = max(self.evaluations, key=lambda r: (r.mAP, r.epoch))
         result = TrainResult(final, best, list(self.evaluations), self.output_dir)
@@ -282,16 +312,33 @@ class Trainer:
             from metareid.engine.protocol import evaluate_final_targets
 
             result.splits = evaluate_final_targets(self)
-        if cfg.plots:
-            self._pictures()
+        for cb in self.callbacks:
+            cb.on_fit_end(self, result)
         return result
 
     def init_memories(self) -> None:
-        """Memory initialisation (Sec. 3.3): the mean eval-mode feature of each identity."""
+        """Memory initialisation (Sec. 3.3): the mean eval-mode feature of each identity.
+
+        Under ``torchrun`` every rank extracts a shard of the records and the shards are
+        gathered, so every rank initialises from the same features.
+        """
         for domain, memory in enumerate(self.memories):
-            loader = self._test_loader(self.sources.per_domain_train[domain])
+            records = self.sources.per_domain_train[domain]
             with self._autocast():
-                feats, pids, _ = extract_features(self.model, loader, self.device, normalize=False)
+                if self.plumbing.processes:
+                    feats, pids, _ = extract_features_sharded(
+                        self.model,
+                        records,
+                        self._test_loader,
+                        self.plumbing.ranks,
+                        self.device,
+                        normalize=False,
+                    )
+                else:
+                    loader = self._test_loader(records)
+                    feats, pids, _ = extract_features(
+                        self.model, loader, self.device, normalize=False
+                    )
             cast(MemoryBank, memory).init_from(feats.float().to(self.device), pids.to(self.device))
 
     def train_epoch(self) -> None:
@@ -312,51 +359,57 @@ class Trainer:
         ]
         batches = MultiDomainBatchIterator(loaders)
         self.model.train()
-        lr = self.optimizer.param_groups[0]["lr"]
+        self.epoch_lr = lr = self.optimizer.param_groups[0]["lr"]
         progress = _progress(
-            cfg.iters_per_epoch, f"epoch {self.epoch + 1}/{cfg.epochs}", cfg.progress
+            cfg.iters_per_epoch,
+            f"epoch {self.epoch + 1}/{cfg.epochs}",
+            cfg.progress and self.is_main,
         )
         start = time.perf_counter()
-        with self._log_file() as logf:
-            for i in progress:
-                raw = next(batches)
-                batch = [self._to_device(b) for b in raw]
-                losses = self._iteration(batch)
-                self.iteration += 1
-                if (i + 1) % cfg.log_every == 0 or i + 1 == cfg.iters_per_epoch:
-                    rec = {
-                        "kind": "iter",
-                        "epoch": self.epoch,
-                        "iter": self.iteration,
-                        "lr": lr,
-                        **losses,
-                    }
-                    logf.write(json.dumps(rec) + "\n")
-                if hasattr(progress, "set_postfix"):
-                    progress.set_postfix(
-                        {k: f"{v:.3f}" for k, v in losses.items() if k.endswith("loss")}
-                    )
-            elapsed = time.perf_counter() - start
-            rec = {
-                "kind": "epoch",
-                "epoch": self.epoch,
-                "lr": lr,
-                "seconds": elapsed,
-                "iters_per_second": cfg.iters_per_epoch / elapsed,
-                **{k: float(np.mean(v)) for k, v in self._parts.items()},
-            }
-            logf.write(json.dumps(rec) + "\n")
-            self._watch_loss(rec, logf)
+        for i in progress:
+            raw = next(batches)
+            batch = [self._to_device(b) for b in raw]
+            losses = self._iteration(batch)
+            self.iteration += 1
+            for cb in self.callbacks:
+                cb.on_iteration_end(self, i, losses)
+            if hasattr(progress, "set_postfix"):
+                progress.set_postfix(
+                    {k: f"{v:.3f}" for k, v in losses.items() if k.endswith("loss")}
+                )
+        elapsed = time.perf_counter() - start
+        rec = {
+            "kind": "epoch",
+            "epoch": self.epoch,
+            "lr": lr,
+            "seconds": elapsed,
+            "iters_per_second": cfg.iters_per_epoch / elapsed,
+            **{k: float(np.mean(v)) for k, v in self._parts.items()},
+        }
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, rec)
         self._parts.clear()
         self.scheduler.step()
         self.epoch += 1
 
     @torch.no_grad()
     def evaluate(self) -> EvalResult:
-        """Retrieval accuracy on the target's query and gallery (Market protocol)."""
-        qf, q_pids, q_cams = self._features(self.target.query)
-        gf, g_pids, g_cams = self._features(self.target.gallery)
+        """Retrieval accuracy on the target's query and gallery (Market protocol).
+
+        Under ``torchrun`` the features are extracted in shards and gathered, rank 0 ranks
+        them and every rank returns its result.
+        """
+        features = self._sharded_features if self.plumbing.processes else self._features
+        qf, q_pids, q_cams = features(self.target.query)
+        gf, g_pids, g_cams = features(self.target.gallery)
         self.last_features = (qf, q_pids, q_cams, gf, g_pids, g_cams)  # for the pictures
+        if self.plumbing.processes:
+            result = self._rank(qf, gf, q_pids, g_pids, q_cams, g_cams) if self.is_main else None
+            return cast(EvalResult, _dist.share_from_main(result, self.plumbing))
+        return self._rank(qf, gf, q_pids, g_pids, q_cams, g_cams)
+
+    def _rank(self, qf: Tensor, gf: Tensor, *ids: Tensor) -> EvalResult:
+        q_pids, g_pids, q_cams, g_cams = ids
         res = evaluate_features(
             qf, gf, q_pids, g_pids, q_cams, g_cams, metric="euclidean", rerank=self.cfg.rerank
         )
@@ -367,37 +420,49 @@ class Trainer:
 
         return EvalResult(self.epoch, 100.0 * res.mAP, rank(1), rank(5), rank(10), 100.0 * res.mINP)
 
-    def _watch_loss(self, rec: dict[str, Any], logf: Any) -> None:
-        """Warn once when the epoch-mean training loss keeps growing (see _loss_is_growing)."""
-        key = "meta_train_loss" if "meta_train_loss" in rec else "loss"
-        self.loss_history.append(float(rec[key]))
-        if self._warned_growth or not _loss_is_growing(self.loss_history):
-            return
-        self._warned_growth = True
-        cfg = self.cfg
-        best, last = min(self.loss_history[:-2]), self.loss_history[-1]
-        hint = "lower --lr"
-        fresh_adam = cfg.inner_state == "fresh" and cfg.inner_optimizer == "adam"
-        if cfg.method != "baseline" and not cfg.first_order and fresh_adam:
-            hint = (
-                "the exact second-order step through a fresh Adam inner step can do this, "
-                "above all with --inner-eps-root 0 (docs/meta_learner.md, 'Stability of "
-                f"the second-order step'; now inner_eps_root={cfg.inner_eps_root:g}); try "
-                "--inner-eps-root 1e-5, --inner-state continue or --first-order"
-            )
-        message = (
-            f"the epoch-mean {key} grew from {best:.3f} to {last:.3f} and stayed above "
-            f"{_GROWTH_RATIO:g}x its lowest value for 2 epochs: training is diverging; {hint}"
+    def record_evaluation(self, res: EvalResult) -> None:
+        """Keep ``res``, log it (``log.jsonl`` and a line) and tell the callbacks."""
+        self.evaluations.append(res)
+        for cb in self.callbacks:
+            cb.on_evaluation(self, res)
+        self.log(
+            f"epoch {res.epoch}: {self.cfg.target} mAP {res.mAP:.1f}  R1 {res.rank1:.1f}  "
+            f"R5 {res.rank5:.1f}  R10 {res.rank10:.1f}"
         )
-        self.log(f"warning: {message}")
-        logf.write(json.dumps({"kind": "warning", "epoch": self.epoch, "message": message}))
-        logf.write("\n")
+
+    _record_eval = record_evaluation
+
+    def save_checkpoint(self, path: Path) -> None:
+        """Write :meth:`state_dict` to ``path`` atomically: rank 0, between two barriers."""
+        self.plumbing.barrier()
+        if self.is_main:
+            save_checkpoint(self.state_dict(), path)
+        self.plumbing.barrier()
+
+    def _watch_loss(self, rec: dict[str, Any], logf: Any) -> None:
+        """The divergence warning on one epoch record, written to the open file ``logf``."""
+        self.divergence.observe(self, rec, lambda r: logf.write(json.dumps(r) + "\n"))
 
     # ------------------------------------------------------------------ one iteration
     def _iteration(self, batches: list[dict[str, Any]]) -> dict[str, float]:
-        out = self.objective.step(
-            self.model, batches, self.optimizer, self.learner, self.grad_scaler
-        )
+        plumbing = self.plumbing
+        if plumbing.ranks is None:  # one process, whole batches: the original streams
+            out = self.objective.step(
+                self.model, batches, self.optimizer, self.learner, self.grad_scaler
+            )
+        else:
+            seed, it = self.cfg.seed, self.iteration
+            out = self.objective.step(
+                self.model,
+                batches,
+                self.optimizer,
+                self.learner,
+                self.grad_scaler,
+                meta_test=None
+                if self.learner is None
+                else plumbing.meta_test_domain(seed, it, len(batches)),
+                generators=plumbing.metabn_generators(seed, it) if self.objective.metabn else None,
+            )
         for k, v in out.items():
             self._parts.setdefault(k, []).append(v)
         return out
@@ -408,8 +473,8 @@ class Trainer:
         rng: dict[str, Any] = {
             "torch": torch.get_rng_state(),
             "meta": self.meta_generator.get_state(),
-            "python": _python_rng_state(),
-            "numpy": _numpy_rng_state(),
+            "python": _rng.python_rng_state(),
+            "numpy": _rng.numpy_rng_state(),
         }
         neck = self.model.neck
         if isinstance(neck, MetaBN) and neck.generator is not None:
@@ -418,6 +483,7 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "format": 1,
+            "num_chunks": self.plumbing.num_chunks,
             "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict(),
             "config": self.cfg.to_dict(),
             "epoch": self.epoch,
@@ -427,8 +493,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "evaluations": [e.as_dict() for e in self.evaluations],
-            "loss_history": list(self.loss_history),
-            "warned_growth": self._warned_growth,
+            "loss_history": list(self.divergence.history),
+            "warned_growth": self.divergence.warned,
             "rng": rng,
         }
 
@@ -448,6 +514,15 @@ class Trainer:
                     f"{k} (checkpoint {stored.get(k)!r}, now {current.get(k)!r})" for k in diff
                 )
             )
+        chunks = int(state.get("num_chunks", 1))
+        if chunks != self.plumbing.num_chunks:
+            raise ValueError(
+                f"the checkpoint was written with the batch split into N={chunks} chunks "
+                f"(torchrun processes x micro_batches), this run splits it into "
+                f"N={self.plumbing.num_chunks}: per-chunk BatchNorm/MetaBN statistics and "
+                f"random streams depend on N; resume with {chunks} torchrun processes or "
+                f"--micro-batches {chunks}"
+            )
         self.model.load_state_dict(state["model"])
         self.memories.load_state_dict(state["memories"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -457,8 +532,8 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.iteration = int(state["iteration"])
         self.evaluations = [EvalResult(**e) for e in state["evaluations"]]
-        self.loss_history = [float(v) for v in state.get("loss_history", [])]
-        self._warned_growth = bool(state.get("warned_growth", False))
+        self.divergence.history = [float(v) for v in state.get("loss_history", [])]
+        self.divergence.warned = bool(state.get("warned_growth", False))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"].cpu())
         self.meta_generator.set_state(rng["meta"].cpu())
@@ -467,40 +542,12 @@ class Trainer:
             neck.generator.set_state(rng["metabn"].cpu())
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-        random.setstate(_to_python_rng_state(rng["python"]))
-        np.random.set_state(_to_numpy_rng_state(rng["numpy"]))  # noqa: NPY002 (users' code)
+        _rng.set_python_rng_state(rng["python"])
+        _rng.set_numpy_rng_state(rng["numpy"])
 
     # ------------------------------------------------------------------ helpers
     def _memory(self, domain: int) -> MemoryBank:
         return cast(MemoryBank, self.memories[domain])
-
-    def _truncate_log(self) -> None:
-        """Drop log records written after the checkpoint (by the interrupted run)."""
-        path = self.output_dir / "log.jsonl"
-        if not path.is_file():
-            return
-        kept = []
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            limit = self.epoch if rec.get("kind") == "eval" else self.epoch - 1
-            if rec.get("epoch", 0) <= limit:
-                kept.append(line)
-        path.write_text("".join(line + "\n" for line in kept))
-
-    def _record_eval(self, res: EvalResult) -> None:
-        self.evaluations.append(res)
-        with self._log_file() as logf:
-            logf.write(json.dumps({"kind": "eval", **res.as_dict()}) + "\n")
-        self.log(
-            f"epoch {res.epoch}: {self.cfg.target} mAP {res.mAP:.1f}  R1 {res.rank1:.1f}  "
-            f"R5 {res.rank5:.1f}  R10 {res.rank10:.1f}"
-        )
-
-    @contextlib.contextmanager
-    def _log_file(self) -> Iterator[Any]:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.output_dir / "log.jsonl", "a") as f:
-            yield f
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is not None:
@@ -523,45 +570,26 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
 
+    def _sharded_features(self, records: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """Evaluation features of ``records``, one shard per rank, gathered (collective)."""
+        with self._autocast():
+            feats, pids, cams = extract_features_sharded(
+                self.model,
+                records,
+                self._test_loader,
+                self.plumbing.ranks,
+                self.device,
+                flip=self.cfg.flip_eval,
+            )
+        return feats.float(), pids, cams
+
     def _features(self, records: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """Evaluation features of ``records`` in this process (no collective)."""
         with self._autocast():
             feats, pids, cams = extract_features(
                 self.model, self._test_loader(records), self.device, flip=self.cfg.flip_eval
             )
         return feats.float(), pids, cams
-
-    def _pictures(self) -> None:
-        try:
-            from metareid.engine._pictures import write_pictures
-        except ImportError as exc:  # pragma: no cover - depends on optional extras
-            self.log(f"pictures skipped ({exc}); pip install 'metareid[viz]'")
-            return
-        try:
-            for path in write_pictures(self):
-                self.log(f"wrote {path}")
-        except ImportError as exc:
-            self.log(f"pictures skipped ({exc}); pip install 'metareid[viz]'")
-
-
-_GROWTH_RATIO = 1.25
-
-
-def _loss_is_growing(history: Sequence[float], patience: int = 2) -> bool:
-    """True when the last ``patience`` values all exceed 1.25x the lowest value before them.
-
-    The trainer calls this on the epoch means of the training loss (``meta_train_loss`` for
-    meta-learning) and logs one warning the first time it is true.
-
-    Example:
-        >>> _loss_is_growing([12.2, 11.2, 16.3, 18.1])
-        True
-        >>> _loss_is_growing([12.1, 8.8, 7.8, 7.4, 9.0])
-        False
-    """
-    if len(history) <= patience:
-        return False
-    lowest = min(history[:-patience])
-    return all(v > _GROWTH_RATIO * lowest for v in history[-patience:])
 
 
 def format_results(results: dict[str, TrainResult]) -> str:
@@ -632,43 +660,3 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
         except ImportError:  # pragma: no cover - tqdm is a dependency
             pass
     return range(total)
-
-
-def _resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} was asked for but CUDA is not available")
-    return device
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - for user transforms that use it
-    torch.manual_seed(seed)
-
-
-def _python_rng_state() -> list[Any]:
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
-def _to_python_rng_state(state: list[Any]) -> tuple[Any, ...]:
-    return (state[0], tuple(state[1]), state[2])
-
-
-def _numpy_rng_state() -> list[Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
-    return [
-        name,
-        torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-        int(pos),
-        int(has_gauss),
-        float(cached),
-    ]
-
-
-def _to_numpy_rng_state(state: list[Any]) -> tuple[Any, ...]:
-    name, keys, pos, has_gauss, cached = state
-    return (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)

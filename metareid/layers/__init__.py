@@ -1,5 +1,5 @@
-"""Layers of M3L: MetaBN (Eqs. 5-7) and the context manager that sets its phase."""
+"""Layers of M3L: MetaBN (Eqs. 5-7) and the context managers that set its phase and slot."""
 
-from metareid.layers.metabn import MetaBN, metabn_phase
+from metareid.layers.metabn import MetaBN, metabn_phase, metabn_stats_slot
 
-__all__ = ["MetaBN", "metabn_phase"]
+__all__ = ["MetaBN", "metabn_phase", "metabn_stats_slot"]

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from metareid._validation import check_choice, check_positive_finite
 from metareid.functional.metabn import SAMPLE_SCALES, metabn_mix
 
-__all__ = ["PHASES", "MetaBN", "metabn_phase"]
+__all__ = ["PHASES", "MetaBN", "metabn_phase", "metabn_stats_slot"]
 
 #: Accepted values of :attr:`MetaBN.phase`.
 PHASES = ("normal", "meta_train", "meta_test")
@@ -61,6 +61,8 @@ class MetaBN(nn.BatchNorm1d):
 
     Attributes:
         domain_stats: recorded ``(mean, var)`` pairs in call order.
+        stats_slots: one recorded list per micro-batch, used through
+            :func:`metabn_stats_slot` (empty unless micro-batches are used).
         generator: the random generator used in ``"meta_test"``.
         sample_scale: see above.
         share_lambda: see above.
@@ -110,6 +112,7 @@ class MetaBN(nn.BatchNorm1d):
         self.share_lambda = share_lambda
         self.generator = generator
         self.domain_stats = []
+        self.stats_slots: dict[int, list[tuple[Tensor, Tensor]]] = {}
         self._phase = "normal"
 
     @property
@@ -181,7 +184,8 @@ class MetaBN(nn.BatchNorm1d):
         """Forget the recorded meta-train statistics, in place.
 
         The list is emptied rather than replaced, so copies of this module made by
-        ``higher``'s monkeypatching, which share the list, see the change too.
+        ``higher``'s monkeypatching, which share the list, see the change too. The lists
+        of :attr:`stats_slots` are emptied the same way.
 
         Example:
             >>> import torch
@@ -196,6 +200,8 @@ class MetaBN(nn.BatchNorm1d):
             0
         """
         self.domain_stats.clear()
+        for recorded in getattr(self, "stats_slots", {}).values():
+            recorded.clear()
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() != 2 or input.shape[1] != self.num_features:
@@ -292,3 +298,71 @@ def metabn_phase(module: nn.Module, phase: str) -> Iterator[nn.Module]:
     finally:
         for layer, old in zip(layers, previous, strict=True):
             layer.phase = old
+
+
+@contextmanager
+def metabn_stats_slot(
+    module: nn.Module, slot: int, generator: torch.Generator | None = None
+) -> Iterator[nn.Module]:
+    """Let every :class:`MetaBN` in ``module`` record and mix micro-batch ``slot``'s statistics.
+
+    With ``--micro-batches N`` one process computes the N chunks of a batch one after the
+    other, and each chunk must behave as if it ran on its own rank: its meta-train
+    forwards record the statistics of that chunk only, and its meta-test forward mixes
+    with those. Inside the block, each layer's :attr:`~MetaBN.domain_stats` is the list
+    ``stats_slots[slot]`` (created empty on first use), and, when ``generator`` is given,
+    its :attr:`~MetaBN.generator` is ``generator`` (chunk ``slot``'s noise stream). On exit,
+    also by an exception, each layer gets its own list and generator back.
+
+    The slot lists live in the layer's :attr:`~MetaBN.stats_slots` dict, which ``higher``'s
+    patched copies share with the original (they copy the attributes, not the objects), so
+    a slot recorded on the model during meta-train is seen by the patched copy during
+    meta-test; :meth:`MetaBN.clear_stats` empties every slot.
+
+    Args:
+        module: the model (or its patched copy), or a MetaBN.
+        slot: the micro-batch (rank) index, an int >= 0.
+        generator: the random generator of this chunk's meta-test draws, or ``None``
+            (default) to keep each layer's own.
+
+    Yields:
+        ``module``.
+
+    Raises:
+        TypeError: ``module`` is not a module, ``slot`` is not an int, or ``generator``
+            not a ``torch.Generator`` (nothing is changed).
+        ValueError: ``slot`` is negative (nothing is changed).
+
+    Example:
+        >>> import torch
+        >>> from metareid.layers import MetaBN, metabn_phase, metabn_stats_slot
+        >>> bn = MetaBN(3)
+        >>> with metabn_phase(bn, "meta_train"):
+        ...     for slot in (0, 1):
+        ...         with metabn_stats_slot(bn, slot):
+        ...             _ = bn(torch.randn(4, 3))
+        >>> len(bn.domain_stats), [len(v) for v in bn.stats_slots.values()]
+        (0, [1, 1])
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    if isinstance(slot, bool) or not isinstance(slot, int):
+        raise TypeError(f"slot must be an int >= 0, got {slot!r}")
+    if slot < 0:
+        raise ValueError(f"slot must be an int >= 0, got {slot}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
+    layers = [m for m in module.modules() if isinstance(m, MetaBN)]
+    previous = [(layer.domain_stats, layer.generator) for layer in layers]
+    try:
+        for layer in layers:
+            if not hasattr(layer, "stats_slots"):
+                layer.stats_slots = {}
+            layer.domain_stats = layer.stats_slots.setdefault(slot, [])
+            if generator is not None:
+                layer.generator = generator
+        yield module
+    finally:
+        for layer, (stats, gen) in zip(layers, previous, strict=True):
+            layer.domain_stats = stats
+            layer.generator = gen

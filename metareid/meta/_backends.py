@@ -30,6 +30,7 @@ from metareid.layers.metabn import metabn_phase
 from metareid.meta.phase import Phase
 
 InnerStep = tuple[tuple[Tensor | None, ...], list[Tensor]]
+"""``(raw gradients, Theta')`` of one inner step."""
 GradTransform = Callable[[list[Tensor | None]], list[Tensor | None]]
 """Maps the meta-train gradients to the ones the inner step uses (differentiably)."""
 
@@ -60,16 +61,20 @@ def func_inner_step(
     optimizer: str,
     first_order: bool,
     grad_transform: GradTransform | None = None,
+    transformed_out: list[list[Tensor | None]] | None = None,
 ) -> InnerStep:
     """Gradient of ``loss`` and ``Theta'`` with :mod:`metareid.functional.optim`.
 
     Returns the raw gradients of ``loss`` (for ``.grad``) and ``Theta'``, computed from the
-    gradients mapped by ``grad_transform`` (identity when ``None``).
+    gradients mapped by ``grad_transform`` (identity when ``None``); the mapped gradients
+    are appended to ``transformed_out`` when given.
     """
     grads = torch.autograd.grad(loss, params, create_graph=not first_order, allow_unused=True)
     used: list[Tensor | None] = list(grads)
     if grad_transform is not None:
         used = list(grad_transform(used))
+    if transformed_out is not None:
+        transformed_out.append(list(used))
     if first_order:
         used = [None if g is None else g.detach() for g in used]
     base = [p.detach() for p in params] if first_order else params
@@ -168,8 +173,12 @@ def higher_inner_step(
     optimizer: str,
     first_order: bool,
     grad_transform: GradTransform | None = None,
+    transformed_out: list[list[Tensor | None]] | None = None,
 ) -> InnerStep:
     """Gradient of ``loss`` and ``Theta'`` with ``higher``'s differentiable optimisers.
+
+    The gradients mapped by ``grad_transform`` are appended to ``transformed_out`` when
+    given.
 
     One param group per parameter, so that each gets its own eps correction: ``higher``
     computes ``lr * sqrt(bc2) / bc1 * m / (sqrt(v) + eps)`` while ``torch.optim.Adam``
@@ -234,6 +243,8 @@ def higher_inner_step(
     def keep_inner(grads: Sequence[Tensor | None]) -> list[Tensor | None]:
         captured.append(tuple(grads))
         used = list(grads) if grad_transform is None else list(grad_transform(list(grads)))
+        if transformed_out is not None:
+            transformed_out.append(list(used))
         # Trainable parameters the optimizer does not track are not moved.
         return [g if i in by_index else None for i, g in enumerate(used)]
 

@@ -14,7 +14,20 @@ from metareid.layers.metabn import MetaBN, metabn_phase
 from metareid.meta import _backends
 from metareid.meta.phase import Phase
 
-__all__ = ["LossFn", "MetaLearner", "MetaStepResult", "Phase"]
+__all__ = [
+    "GradTransform",
+    "LossFn",
+    "MetaLearner",
+    "MetaStepResult",
+    "OuterGradTransform",
+    "Phase",
+]
+
+GradTransform = Callable[[list[Tensor | None]], Sequence[Tensor | None]]
+"""``grad_transform(grads) -> grads``: see :class:`MetaLearner`, "Gradient hooks"."""
+
+OuterGradTransform = Callable[[list[Tensor]], None]
+"""``outer_grad_transform(params) -> None``: see :class:`MetaLearner`, "Gradient hooks"."""
 
 LossFn = Callable[[nn.Module, Any, int, Phase], "Tensor | tuple[Tensor, Any]"]
 """``loss_fn(model, batch, domain, phase) -> loss`` or ``-> (loss, aux)``.
@@ -115,6 +128,19 @@ class MetaLearner:
     and :meth:`step` steps through ``grad_scaler.step``/``update``, which skips the
     update when a gradient overflowed.
 
+    Gradient hooks (for distributed training; identities by default):
+        ``grad_transform(grads) -> grads`` maps the meta-train gradients (one entry per
+        trainable parameter, ``None`` where ``L_mtr`` does not reach it) before the inner
+        step, inside the autograd graph: with ``first_order=False`` the second-order term
+        differentiates through it. It sees true (unscaled) gradients, also with a
+        ``grad_scaler``, and its output is both what the inner step uses and the meta-train
+        gradient added to ``.grad`` (times the scale under a ``grad_scaler``). Under
+        ``torchrun`` it is :func:`metareid.distributed.all_reduce_mean`, so that ``Theta'``
+        is the same on every rank. ``outer_grad_transform(params)`` is called at the end of
+        :meth:`meta_backward`, after both gradient terms were added to ``.grad``, with the
+        list of trainable parameters; :func:`metareid.distributed.all_reduce_grads_`
+        averages the outer gradient over ranks there, as ``DistributedDataParallel`` would.
+
     Model state:
         * BatchNorm running statistics of ``model`` are updated by the meta-train forwards
           exactly as a plain training step on those batches would update them; the
@@ -165,6 +191,13 @@ class MetaLearner:
         backend: ``"higher"`` (default) or ``"func"``.
         generator: Random generator used to draw the meta-test domain.
         grad_scaler: A ``torch.amp.GradScaler`` for fp16 training, or ``None`` (default).
+        grad_transform: ``grads -> grads``, applied differentiably to the meta-train
+            gradients before the inner step (see "Gradient hooks"); must return one entry
+            per gradient, ``None`` exactly where the input has ``None``, with the same
+            shapes. ``None`` (default): the identity.
+        outer_grad_transform: ``params -> None``, called at the end of
+            :meth:`meta_backward` to change ``.grad`` in place (see "Gradient hooks").
+            ``None`` (default): nothing.
 
     Example:
         >>> import torch
@@ -196,6 +229,8 @@ class MetaLearner:
         backend: Literal["higher", "func"] = "higher",
         generator: torch.Generator | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
+        grad_transform: GradTransform | None = None,
+        outer_grad_transform: OuterGradTransform | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -214,6 +249,12 @@ class MetaLearner:
                 f"grad_scaler must be a torch.amp.GradScaler or None, got "
                 f"{type(grad_scaler).__name__}"
             )
+        for name, hook in (
+            ("grad_transform", grad_transform),
+            ("outer_grad_transform", outer_grad_transform),
+        ):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{name} must be callable or None, got {type(hook).__name__}")
         _check_choice("inner_optimizer", inner_optimizer, _INNER_OPTIMIZERS)
         _check_choice("inner_state", inner_state, _INNER_STATES)
         _check_choice("backend", backend, _BACKENDS)
@@ -262,6 +303,8 @@ class MetaLearner:
         self.backend = backend
         self.generator = generator
         self.grad_scaler = grad_scaler
+        self.grad_transform = grad_transform
+        self.outer_grad_transform = outer_grad_transform
 
     # ------------------------------------------------------------------ public API
     def step(
@@ -373,22 +416,28 @@ class MetaLearner:
         loss_mtr = torch.stack(train_losses).mean()
 
         scale = self._loss_scale(loss_mtr)
+        user = self.grad_transform
         transform: _backends.GradTransform | None = None
-        if scale != 1.0:
+        if scale != 1.0 or user is not None:
 
             def transform(grads: list[Tensor | None]) -> list[Tensor | None]:
-                return [None if g is None else g / scale for g in grads]
+                out = grads if scale == 1.0 else [None if g is None else g / scale for g in grads]
+                if user is not None:
+                    out = _checked_transform(user, out)
+                return out
 
         inner_step = (
             _backends.higher_inner_step if self.backend == "higher" else _backends.func_inner_step
         )
-        grads, fast = inner_step(
+        transformed: list[list[Tensor | None]] = []
+        raw, fast = inner_step(
             loss_mtr * scale if scale != 1.0 else loss_mtr,
             params,
             inner,
             self.inner_optimizer,
             self.first_order,
             transform,
+            transformed,
         )
         if self.first_order:
             # Theta' = Theta + constant: the value of the update, with identity Jacobian.
@@ -409,14 +458,22 @@ class MetaLearner:
         # meta-train gradient is already known from the inner step and is added as is.
         if loss_mte.requires_grad:
             torch.autograd.backward(loss_mte * scale if scale != 1.0 else loss_mte, inputs=params)
+        # Without a grad_transform the raw gradient (scaled, under a grad scaler) is added,
+        # as before the hooks existed; with one, its output (re-scaled).
+        added = raw if user is None else transformed[0]
         with torch.no_grad():
-            for p, g in zip(params, grads, strict=True):
+            for p, g in zip(params, added, strict=True):
                 if g is None:
                     continue
+                g = g.detach()
+                if user is not None and scale != 1.0:
+                    g = g * scale
                 if p.grad is None:
-                    p.grad = g.detach()
+                    p.grad = g
                 else:
-                    p.grad.add_(g.detach())
+                    p.grad.add_(g)
+        if self.outer_grad_transform is not None:
+            self.outer_grad_transform(params)
         return MetaStepResult(
             meta_train_loss=float(loss_mtr.detach()),
             meta_test_loss=float(loss_mte.detach()),
@@ -495,6 +552,25 @@ class MetaLearner:
             f"inner_weight_decay={self.inner_weight_decay}, inner_eps={self.inner_eps}, "
             f"inner_eps_root={self.inner_eps_root}, first_order={self.first_order}, backend={self.backend!r})"
         )
+
+
+def _checked_transform(fn: GradTransform, grads: list[Tensor | None]) -> list[Tensor | None]:
+    """``fn(grads)`` after checking that it kept the number, the ``None`` s and the shapes."""
+    out = fn(list(grads))
+    if isinstance(out, Tensor) or not isinstance(out, Sequence) or len(out) != len(grads):
+        raise ValueError(
+            f"grad_transform must return a sequence of {len(grads)} gradients (one per "
+            f"trainable parameter), got {type(out).__name__}"
+            + (f" of length {len(out)}" if isinstance(out, Sequence) else "")
+        )
+    for i, (g, t) in enumerate(zip(grads, out, strict=True)):
+        if (g is None) != (t is None) or (
+            g is not None and (not isinstance(t, Tensor) or t.shape != g.shape)
+        ):
+            got = "None" if t is None else getattr(t, "shape", type(t).__name__)
+            want = "None" if g is None else f"a tensor of shape {tuple(g.shape)}"
+            raise ValueError(f"grad_transform returned {got} for gradient {i}; expected {want}")
+    return list(out)
 
 
 def _split_output(out: Any) -> tuple[Any, Any]:

@@ -1,0 +1,153 @@
+"""The trainer's distributed plumbing: ranks, devices, random streams, rank-0 file writes.
+
+One place decides how a run is split (see docs/distributed.md):
+
+* one process, ``micro_batches=1``: no split (``ranks=None``), today's computation and
+  random streams;
+* one process, ``micro_batches=N > 1``: ``MicroBatchRanks(N)``;
+* ``torchrun`` with W > 1 processes: ``ProcessRanks()`` (one chunk per rank, N = W).
+
+Random streams with N > 1 (both kinds) are seeded per iteration, so that a resumed run,
+at any iteration, continues them, and so that rank ``r`` of N processes draws what chunk
+``r`` of N micro-batches draws:
+
+* MetaBN noise of chunk/rank ``r`` at (0-based, global) iteration ``i``: a generator
+  seeded with ``stream_seed(seed, METABN_STREAM, r, i)``;
+* the meta-test domain at iteration ``i``: drawn on rank 0 by
+  ``torch.randint(num_domains, (1,))`` with a generator seeded with
+  ``stream_seed(seed, META_TEST_STREAM, i)`` and broadcast;
+* the sampler: ``(seed, domain, epoch)``, as in one process, and the augmentations from
+  torch's global generator (seeded with ``seed``, stored in checkpoints): every rank
+  loads the same global batch and keeps its chunk.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from metareid.distributed import (
+    DistributedContext,
+    MicroBatchRanks,
+    ProcessRanks,
+    RankGroup,
+    barrier,
+    check_config_consistency,
+    init_distributed,
+)
+from metareid.engine.build import resolve_device
+from metareid.engine.config import TrainConfig
+
+META_TEST_STREAM = 1
+METABN_STREAM = 2
+
+# Config fields that may differ between the ranks of one job.
+PER_RANK_FIELDS = ("progress", "device")
+
+
+def stream_seed(seed: int, stream: int, *ids: int) -> int:
+    """A 63-bit seed for the random stream ``stream`` of ``(seed, *ids)``.
+
+    Example:
+        >>> stream_seed(0, METABN_STREAM, 1, 5) == stream_seed(0, METABN_STREAM, 1, 5)
+        True
+    """
+    state = np.random.SeedSequence([seed, stream, *ids]).generate_state(1, dtype=np.uint64)
+    return int(state[0]) & (2**63 - 1)
+
+
+@dataclass
+class Plumbing:
+    """How this process takes part in the run."""
+
+    context: DistributedContext
+    device: torch.device
+    ranks: RankGroup | None
+    num_chunks: int
+
+    @property
+    def processes(self) -> bool:
+        """True under ``torchrun`` with more than one process."""
+        return self.context.world_size > 1
+
+    def metabn_generators(self, seed: int, iteration: int) -> list[torch.Generator] | None:
+        """One generator per local rank for iteration ``iteration`` (``None`` without split)."""
+        if self.ranks is None:
+            return None
+        return [
+            torch.Generator(self.device).manual_seed(stream_seed(seed, METABN_STREAM, r, iteration))
+            for r in self.ranks.local_ranks
+        ]
+
+    def meta_test_domain(self, seed: int, iteration: int, num_domains: int) -> int | None:
+        """The meta-test domain of ``iteration``, the same on every rank (``None`` without split)."""
+        if self.ranks is None:
+            return None
+        gen = torch.Generator().manual_seed(stream_seed(seed, META_TEST_STREAM, iteration))
+        drawn = int(torch.randint(num_domains, (1,), generator=gen).item())
+        return int(self.ranks.broadcast_object(drawn))
+
+    def barrier(self) -> None:
+        """Wait for every rank (a no-op in one process)."""
+        if self.processes:
+            barrier()
+
+
+def setup(cfg: TrainConfig) -> Plumbing:
+    """Join the ``torchrun`` process group, if any, and pick the device and the ranks.
+
+    Raises:
+        ValueError: ``micro_batches > 1`` under ``torchrun`` with several processes, the
+            number of processes does not divide ``num_identities``, or the ranks' configs
+            differ (naming the keys).
+    """
+    under_torchrun = "WORLD_SIZE" in os.environ or (dist.is_available() and dist.is_initialized())
+    if under_torchrun:
+        device_type = None if cfg.device == "auto" else torch.device(cfg.device).type
+        context = init_distributed(device_type=device_type)
+    else:
+        context = init_distributed(env={})
+    if context.world_size == 1:
+        device = resolve_device(cfg.device)
+        context = DistributedContext(0, 1, 0, device, context.backend, True)
+        if cfg.micro_batches == 1:
+            return Plumbing(context, device, None, 1)
+        return Plumbing(context, device, MicroBatchRanks(cfg.micro_batches), cfg.micro_batches)
+    world = context.world_size
+    if cfg.micro_batches != 1:
+        raise ValueError(
+            f"micro_batches={cfg.micro_batches} with {world} torchrun processes is not "
+            "supported: each process computes one chunk; use micro_batches=1 under torchrun, "
+            f"or one process with micro_batches={world * cfg.micro_batches}"
+        )
+    if cfg.num_identities % world:
+        raise ValueError(
+            f"the {world} torchrun processes must divide num_identities={cfg.num_identities}, "
+            "so that every rank holds num_identities / world_size whole identities"
+        )
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in PER_RANK_FIELDS}
+    check_config_consistency(settings)
+    return Plumbing(context, context.device, ProcessRanks(), world)
+
+
+def broadcast_module_(module: nn.Module, plumbing: Plumbing) -> None:
+    """Rank 0's parameters and buffers on every rank (what DDP does at construction)."""
+    if not plumbing.processes:
+        return
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, 0)
+
+
+def share_from_main(obj: Any, plumbing: Plumbing) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself in one process)."""
+    if not plumbing.processes:
+        return obj
+    assert plumbing.ranks is not None
+    return plumbing.ranks.broadcast_object(obj)

@@ -1,0 +1,219 @@
+"""The Trainer on 2 gloo ranks equals the Trainer with micro_batches=2 in one process.
+
+For baseline, meta, and M3L with second- and first-order meta-gradients: after 3
+iterations the parameters, the BatchNorm statistics, the Adam state and the memories of
+both ranks equal those of one process with ``micro_batches=2`` (float tolerance), the
+banks are bitwise identical on both ranks, and the sharded evaluation equals the
+evaluation of one process. The ranks run in the same 2 processes one after the other.
+
+The iterations run in float64 (model, memories and images converted after the memory
+initialisation): in float32 the two computations differ by the order of floating-point
+sums (gradients to about 1e-4 after one meta step, the fresh Adam inner step amplifying
+rounding near zero gradients) and Adam's sign-like first steps amplify that further, so
+a float32 comparison after 3 iterations could not tell a bug from rounding. In float64
+everything agrees to 1e-8 after one iteration; over 3 iterations Adam's normalisation of
+near-zero gradients (eps 1e-8) amplifies the float64 rounding to about 1e-4 relative in
+a few Adam moments, hence the tolerance (rtol 1e-3, atol 1e-6) used here; a change of
+semantics (statistics of the wrong chunk, a missing all-reduce) gives differences of
+order 1.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.distributed
+
+CASES = {
+    "baseline": dict(method="baseline"),
+    "meta": dict(method="meta"),
+    "m3l": dict(method="m3l"),
+    "m3l_first_order": dict(method="m3l", first_order=True),
+}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from metareid.data import prepare_synthetic_benchmark
+
+    root = tmp_path_factory.mktemp("synthetic")
+    prepare_synthetic_benchmark(
+        root,
+        seed=0,
+        num_domains=3,
+        train_ids_per_domain=6,
+        test_ids_per_domain=4,
+        train_images_per_id=4,
+        test_images_per_camera=2,
+        num_cameras=2,
+        num_distractors=2,
+        num_junk=1,
+        image_size=(32, 16),
+    )
+    return root
+
+
+def config(root: str, out: str, **overrides):
+    from metareid.engine import TrainConfig
+
+    base = dict(
+        data_dir=root,
+        sources=("synthetic:0", "synthetic:1"),
+        target="synthetic:2",
+        arch="resnet10",
+        pretrained="none",
+        height=32,
+        width=16,
+        num_identities=4,
+        num_instances=2,
+        epochs=1,
+        iters_per_epoch=3,
+        warmup_epochs=0,
+        milestones=(),
+        eval_every=0,
+        eval_batch_size=16,
+        workers=0,
+        output_dir=out,
+        progress=False,
+        plots=False,
+        log_every=1,
+        device="cpu",
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def snapshot(trainer) -> dict:
+    return {
+        "model": {k: v.clone() for k, v in trainer.model.state_dict().items()},
+        "optimizer": trainer.optimizer.state_dict(),
+        "memories": [m.features.clone() for m in trainer.memories],
+        "iteration": trainer.iteration,
+    }
+
+
+def to_float64(trainer) -> None:
+    trainer.model.double()
+    trainer.memories.double()
+    to_device = trainer._to_device
+
+    def cast(batch):
+        batch = to_device(batch)
+        return {**batch, "img": batch["img"].double()}
+
+    trainer._to_device = cast
+
+
+def run(trainer) -> dict:
+    trainer.init_memories()
+    to_float64(trainer)
+    trainer.train_epoch()
+    state = snapshot(trainer)
+    trainer.model.float()  # the evaluation reads float32 images
+    return state
+
+
+def _train_on_ranks(ctx, out, root):
+    from metareid.engine import Trainer
+
+    torch.set_num_threads(1)
+    for name, switches in CASES.items():
+        start = time.perf_counter()
+        trainer = Trainer(config(root, str(out / name), **switches), log=lambda _m: None)
+        state = run(trainer)
+        if name == "m3l":  # evaluation: sharded and gathered = one process's, on rank 0
+            result = trainer.evaluate()
+            features = [t.clone() for t in trainer.last_features]
+            state["eval"] = result.as_dict()
+            if ctx.is_main:
+                local = [
+                    trainer._features(trainer.target.query),
+                    trainer._features(trainer.target.gallery),
+                ]
+                qf, q_pids, q_cams = local[0]
+                gf, g_pids, g_cams = local[1]
+                for a, b in zip(features, (qf, q_pids, q_cams, gf, g_pids, g_cams)):
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+                assert trainer._rank(qf, gf, q_pids, g_pids, q_cams, g_cams) == result
+        torch.save(state, out / f"{name}_rank{ctx.rank}.pt")
+        (out / f"{name}_rank{ctx.rank}.seconds").write_text(str(time.perf_counter() - start))
+
+
+def assert_close_tree(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6, msg=lambda m: f"{where}: {m}")
+        else:
+            assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_close_tree(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close_tree(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_two_ranks_equal_two_micro_batches(run_ranks, bench, tmp_path):
+    from metareid.engine import Trainer
+
+    torch.set_num_threads(1)
+    out = run_ranks(_train_on_ranks, timeout=240, root=str(bench))
+    for name, switches in CASES.items():
+        ranks = [torch.load(out / f"{name}_rank{r}.pt", weights_only=False) for r in (0, 1)]
+        # Identical on both ranks: parameters, statistics, Adam state, memories.
+        assert_close_tree(ranks[0]["model"], ranks[1]["model"], f"{name} ranks")
+        for a, b in zip(ranks[0]["memories"], ranks[1]["memories"]):
+            assert torch.equal(a, b), f"{name}: the banks differ between ranks"
+        micro = Trainer(
+            config(str(bench), str(tmp_path / name), micro_batches=2, **switches),
+            log=lambda _m: None,
+        )
+        expected = run(micro)
+        for key in ("model", "optimizer", "memories", "iteration"):
+            assert_close_tree(ranks[0][key], expected[key], f"{name}.{key}")
+        if name == "m3l":
+            assert ranks[0]["eval"] == ranks[1]["eval"]
+            assert ranks[0]["eval"] == micro.evaluate().as_dict()
+    seconds = {p.stem: float(p.read_text()) for p in out.glob("*.seconds")}
+    print(json.dumps(seconds))
+
+
+def test_torchrun_cli_trains_writes_on_rank_0_and_resumes(bench, tmp_path, torchrun_env):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cfg = config(str(bench), str(out), method="m3l", iters_per_epoch=2).to_dict()
+    (tmp_path / "run.json").write_text(json.dumps(cfg))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "metareid",
+        "train",
+        "--config",
+        str(tmp_path / "run.json"),
+    ]
+    for extra in ([], ["--resume"]):
+        proc = subprocess.run(
+            command + extra, env=torchrun_env, capture_output=True, text=True, timeout=180
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "resumed from" in proc.stdout
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if r["kind"] == "iter"] == [1, 2]  # rank 0 only
+    assert [r["kind"] for r in records].count("eval") == 1
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["num_chunks"] == 2 and state["iteration"] == 2

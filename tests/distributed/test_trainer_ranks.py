@@ -217,3 +217,61 @@ def test_torchrun_cli_trains_writes_on_rank_0_and_resumes(bench, tmp_path, torch
     assert [r["kind"] for r in records].count("eval") == 1
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["num_chunks"] == 2 and state["iteration"] == 2
+
+
+def test_killed_rank_fails_the_job_and_resume_gives_the_uninterrupted_losses(
+    bench, tmp_path, torchrun_env
+):
+    import subprocess
+    import sys
+
+    script = Path(__file__).with_name("_killable_run.py")
+
+    def launch(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        out = tmp_path / name
+        cfg = config(str(bench), str(out), method="m3l", epochs=2, iters_per_epoch=2)
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(cfg.to_dict()))
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(path),
+            *extra,
+        ]
+        return subprocess.run(
+            command, env=torchrun_env, capture_output=True, text=True, timeout=240
+        )
+
+    def iteration_losses(name: str) -> list[tuple[int, float, float]]:
+        lines = (tmp_path / name / "log.jsonl").read_text().splitlines()
+        recs = [json.loads(line) for line in lines]
+        return [
+            (r["iter"], r["meta_train_loss"], r["meta_test_loss"])
+            for r in recs
+            if r["kind"] == "iter"
+        ]
+
+    whole = launch("whole")
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+
+    start = time.perf_counter()
+    killed = launch("killed", "--kill-rank", "1", "--kill-epoch", "1", "--kill-iteration", "0")
+    elapsed = time.perf_counter() - start
+    assert killed.returncode != 0
+    report = killed.stdout + killed.stderr
+    assert "rank" in report and ("exitcode" in report or "exit code" in report), report[-2000:]
+    assert elapsed < 200  # bounded: never a silent hang
+    state = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1  # the last checkpoint is the one after epoch 1
+
+    resumed = launch("killed", "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resumed from" in resumed.stdout
+    got, expected = iteration_losses("killed"), iteration_losses("whole")
+    assert [g[0] for g in got] == [1, 2, 3, 4]
+    for g, e in zip(got, expected, strict=True):
+        assert g == pytest.approx(e, rel=1e-6, abs=1e-7)

@@ -163,6 +163,13 @@ class TrainConfig:
             "BatchNorm/MetaBN statistics, as N torchrun ranks would (1 = whole batches)"
         },
     )
+    check_ranks: bool = field(
+        default=False,
+        metadata={
+            "help": "debugging: after every epoch under torchrun, check that the memories "
+            "and the model state are identical on every rank (one broadcast per tensor)"
+        },
+    )
     progress: bool = True
     log_every: int = 10
     plots: bool = True

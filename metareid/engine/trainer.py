@@ -75,6 +75,7 @@ _RESUMABLE_CHANGES = {
     "device",
     "eval_batch_size",
     "micro_batches",
+    "check_ranks",
 }
 _loss_is_growing = loss_is_growing  # the name earlier versions had
 
@@ -391,6 +392,22 @@ class Trainer:
         self._parts.clear()
         self.scheduler.step()
         self.epoch += 1
+        if cfg.check_ranks and self.plumbing.processes:
+            self.check_ranks()
+
+    def check_ranks(self) -> None:
+        """Raise ``ValueError`` unless memories and model state agree on every rank.
+
+        Every memory bank and every entry of the model's ``state_dict`` (weights and
+        BatchNorm statistics) must be bitwise identical to rank 0's; the error names the
+        tensor, the largest difference and the rank. Run after every epoch with
+        ``check_ranks=True``; a no-op in one process.
+        """
+        from metareid.distributed import check_same_across_ranks
+
+        tensors = {f"memory.{d}": self._memory(d).features for d in range(len(self.memories))}
+        tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
+        check_same_across_ranks(tensors)
 
     @torch.no_grad()
     def evaluate(self) -> EvalResult:

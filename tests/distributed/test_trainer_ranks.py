@@ -229,7 +229,9 @@ def test_killed_rank_fails_the_job_and_resume_gives_the_uninterrupted_losses(
 
     def launch(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
         out = tmp_path / name
-        cfg = config(str(bench), str(out), method="m3l", epochs=2, iters_per_epoch=2)
+        cfg = config(
+            str(bench), str(out), method="m3l", epochs=2, iters_per_epoch=2, check_ranks=True
+        )
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(cfg.to_dict()))
         command = [

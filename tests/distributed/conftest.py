@@ -32,10 +32,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+TESTS = str(Path(__file__).resolve().parents[1])  # tests/: shared helpers (tiny_setup.py)
+
+
 def rank_env(rank: int, world_size: int, port: int) -> dict[str, str]:
     env = dict(os.environ)
     root = str(Path(metareid.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([root, TESTS, *filter(None, [env.get("PYTHONPATH")])])
     env.update(
         RANK=str(rank),
         WORLD_SIZE=str(world_size),
@@ -53,7 +56,7 @@ def torchrun_env() -> dict[str, str]:
     """The environment for a torchrun subprocess: this checkout's metareid, one thread."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     root = str(Path(metareid.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([root, TESTS, *filter(None, [env.get("PYTHONPATH")])])
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     return env
 

@@ -39,53 +39,16 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from metareid.data import prepare_synthetic_benchmark
+    from tiny_setup import make_tiny_bench
 
-    root = tmp_path_factory.mktemp("synthetic")
-    prepare_synthetic_benchmark(
-        root,
-        seed=0,
-        num_domains=3,
-        train_ids_per_domain=6,
-        test_ids_per_domain=4,
-        train_images_per_id=4,
-        test_images_per_camera=2,
-        num_cameras=2,
-        num_distractors=2,
-        num_junk=1,
-        image_size=(32, 16),
-    )
-    return root
+    return make_tiny_bench(tmp_path_factory.mktemp("synthetic"))
 
 
 def config(root: str, out: str, **overrides):
-    from metareid.engine import TrainConfig
+    from tiny_setup import tiny_train_config
 
-    base = dict(
-        data_dir=root,
-        sources=("synthetic:0", "synthetic:1"),
-        target="synthetic:2",
-        arch="resnet10",
-        pretrained="none",
-        height=32,
-        width=16,
-        num_identities=4,
-        num_instances=2,
-        epochs=1,
-        iters_per_epoch=3,
-        warmup_epochs=0,
-        milestones=(),
-        eval_every=0,
-        eval_batch_size=16,
-        workers=0,
-        output_dir=out,
-        progress=False,
-        plots=False,
-        log_every=1,
-        device="cpu",
-    )
-    base.update(overrides)
-    return TrainConfig(**base)
+    base = dict(num_identities=4, iters_per_epoch=3, device="cpu")
+    return tiny_train_config(root, out, **{**base, **overrides})
 
 
 def snapshot(trainer) -> dict:

@@ -29,13 +29,16 @@ leave-one-out task, all of them without ``--target``.
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from metareid.data import PROTOCOL_TARGETS, PROTOCOLS, prepare_synthetic_benchmark, protocol_plans
+from metareid.distributed import barrier, init_distributed
 from metareid.engine import (
     EvalResult,
     SplitResults,
@@ -174,7 +177,7 @@ def config_for(
     return cfg
 
 
-def run(cfg: TrainConfig, log: Any = print) -> tuple[EvalResult, TrainResult]:
+def run(cfg: TrainConfig, log: Any = builtins.print) -> tuple[EvalResult, TrainResult]:
     trainer = Trainer(cfg, log=log)
     untrained = trainer.evaluate()  # the same network before any training, for reference
     return untrained, trainer.fit()
@@ -235,8 +238,14 @@ def table(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the experiments and print the table; under ``torchrun`` every rank trains
+    (the trainer splits each batch across them) and rank 0 alone writes the data, prints
+    and saves the results."""
     args, extra = parse_args(argv)
     start = time.perf_counter()
+    context = init_distributed() if "WORLD_SIZE" in os.environ else None
+    is_main = context is None or context.is_main
+    print = builtins.print if is_main else _quiet  # rank 0 speaks
     out_root = Path(args.output_dir)
     more: dict[str, dict[str, Any]] = {}  # per experiment label: protocol, final_targets
     if args.protocol:
@@ -265,6 +274,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
         ]
     else:
+        if is_main:  # one writer; the others then check the manifest and reuse the files
+            prepare_synthetic_benchmark(args.synthetic_dir, seed=args.data_seed)
+        barrier()
         bench = prepare_synthetic_benchmark(args.synthetic_dir, seed=args.data_seed)
         print(
             f"synthetic benchmark: {bench.num_domains} domains in {bench.root}"
@@ -339,9 +351,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             {m: {t: r.as_dict() for t, r in v.items()} for m, v in per_seed.items()}
             for per_seed in splits
         ]
-    if args.json:
+    if args.json and is_main:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """``print`` on the ranks other than 0."""
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@ code's step, exact second order), ``exact-adam`` (``inner_eps_root=0``,
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,23 +29,21 @@ import torch
 from metareid.data import prepare_synthetic_benchmark
 from metareid.engine import TrainConfig, Trainer
 
+
+def _example_settings() -> dict[str, Any]:
+    """The synthetic settings of ``examples/reproduce_m3l.py`` (read from it, not repeated)."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "reproduce_m3l.py"
+    spec = importlib.util.spec_from_file_location("reproduce_m3l", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.SYNTHETIC)
+
+
 BASE: dict[str, Any] = dict(
+    _example_settings(),
     sources=("synthetic:0", "synthetic:1", "synthetic:2"),
     target="synthetic:3",
-    arch="resnet10",
-    pretrained="none",
-    height=32,
-    width=16,
-    num_identities=8,
-    num_instances=4,
-    epochs=6,
-    iters_per_epoch=12,
-    warmup_epochs=1,
-    milestones=(4,),
-    lr=1e-3,
-    eval_every=0,
-    workers=0,
-    plots=False,
     progress=False,
 )
 

@@ -100,6 +100,34 @@ def test_exact_adam_inner_step_differs_from_the_published_one():
     torch.testing.assert_close(ours, published, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_higher_eps_placement_3162e7_is_not_the_published_step(backend):
+    # The docs once called inner_eps=3.162e-7 (eps / sqrt(1 - beta2), higher's placement
+    # rescaled) "exactly the published code's step"; it is not.
+    model, batches = make()
+    lr = 3.5e-4
+    ref = copy.deepcopy(model)
+    loss = (ce(ref, batches[0], 0, "meta_train") + ce(ref, batches[2], 2, "meta_train")) / 2
+    grads = torch.autograd.grad(loss, list(ref.parameters()), allow_unused=True)
+    published = [
+        p.detach() if g is None else published_update_params(p.detach(), g, lr)
+        for p, g in zip(ref.parameters(), grads)
+    ]
+    seen: list[Tensor] = []
+
+    def spy(m, batch, domain, phase):
+        if phase == Phase.META_TEST:
+            seen.extend(t.detach().clone() for t in (m.fc1.weight, m.fc2.weight, m.fc2.bias))
+        return ce(m, batch, domain, phase)
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=5e-4)
+    learner = MetaLearner(model, opt, inner_eps=3.162e-7, inner_eps_root=0.0, backend=backend)
+    learner.meta_backward(batches, spy, meta_test=1)
+    expected = [published[0], published[3], published[4]]
+    worst = max(float((a - b).abs().max()) for a, b in zip(seen, expected, strict=True))
+    assert worst > 1e-6  # far from the published step's Theta'
+
+
 def test_published_step_derivative_is_bounded_and_exact_adams_is_not():
     # d theta' / d g at g = 0: lr / (sqrt(1e-5) + 1e-8) for eps_root 1e-5, lr / eps for Adam.
     lr = 1e-3

@@ -170,3 +170,44 @@ def half_split(ids: list[int]) -> DrawSplit:
         return {"train": train, "test": test}
 
     return draw
+
+
+def select_split(
+    dataset: str,
+    root: Path,
+    split_file: str | Path | None,
+    name: str,
+    draw: DrawSplit,
+    keys: tuple[str, ...],
+    split_id: int,
+) -> tuple[Path, Split]:
+    """The split file of a random-split test set and its split ``split_id``.
+
+    ``split_file`` defaults to ``root / SPLIT_FILE_NAME``; the splits are read from it or
+    drawn and written there (:func:`load_or_create_splits`); ``split_id`` is checked against
+    the number of splits the file holds. The caller checks that the split fits its data.
+
+    Args:
+        dataset: class name, for error messages.
+        root: the dataset root.
+        split_file: an explicit split file, or ``None``.
+        name: dataset name stored in the file.
+        draw: draws one split (see :func:`load_or_create_splits`).
+        keys: the lists every split holds.
+        split_id: which split.
+
+    Returns:
+        ``(path of the split file, the split)``.
+
+    Example:
+        >>> import tempfile
+        >>> def draw(rng):
+        ...     return {"train": sorted(int(i) for i in rng.permutation(4)[:2])}
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path, split = select_split("Toy", Path(tmp), None, "toy", draw, ("train",), 3)
+        >>> path.name == SPLIT_FILE_NAME, len(split["train"])
+        (True, 2)
+    """
+    path = Path(split_file) if split_file is not None else root / SPLIT_FILE_NAME
+    splits = load_or_create_splits(path, name, draw, keys)
+    return path, splits[check_split_id(dataset, split_id, len(splits))]

@@ -13,11 +13,10 @@ import numpy as np
 
 from metareid.data.datasets._splits import (
     NUM_SPLITS,
-    SPLIT_FILE_NAME,
     DrawSplit,
     Split,
     check_split_id,
-    load_or_create_splits,
+    select_split,
     split_mismatch,
 )
 from metareid.data.datasets.base import (
@@ -119,13 +118,15 @@ class ILIDS(ReIDDataset):
                 f"ids with one image in '{folder}': {single[:10]}"
             )
         names = {pid: sorted(Path(r.path).name for r in recs) for pid, recs in by_id.items()}
-        self.split_file = (
-            Path(split_file) if split_file is not None else self.root / SPLIT_FILE_NAME
+        self.split_file, split = select_split(
+            name,
+            self.root,
+            split_file,
+            self.name,
+            _drawer(names),
+            ("train", "query", "gallery"),
+            split_id,
         )
-        splits = load_or_create_splits(
-            self.split_file, self.name, _drawer(names), ("train", "query", "gallery")
-        )
-        split = splits[check_split_id(name, split_id, len(splits))]
         by_name = {Path(r.path).name: r for r in records}
         unknown = [n for n in split["query"] + split["gallery"] if n not in by_name]
         train_ids = set(split["train"])

@@ -9,10 +9,9 @@ from typing import ClassVar
 
 from metareid.data.datasets._splits import (
     NUM_SPLITS,
-    SPLIT_FILE_NAME,
     check_split_id,
     half_split,
-    load_or_create_splits,
+    select_split,
     split_mismatch,
 )
 from metareid.data.datasets.base import (
@@ -132,13 +131,9 @@ class PRID(ReIDDataset):
                     f"'{self.dataset_dir / cam}' lacks {missing[:10]}"
                     f"{' ...' if len(missing) > 10 else ''}"
                 )
-        self.split_file = (
-            Path(split_file) if split_file is not None else self.root / SPLIT_FILE_NAME
+        self.split_file, split = select_split(
+            name, self.root, split_file, self.name, half_split(paired), ("train", "test"), split_id
         )
-        splits = load_or_create_splits(
-            self.split_file, self.name, half_split(paired), ("train", "test")
-        )
-        split = splits[check_split_id(name, split_id, len(splits))]
         train_ids, test_ids = set(split["train"]), set(split["test"])
         if train_ids | test_ids != set(paired) or train_ids & test_ids:
             raise split_mismatch(

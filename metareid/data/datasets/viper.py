@@ -10,10 +10,9 @@ from typing import ClassVar, Literal
 from metareid._validation import check_choice
 from metareid.data.datasets._splits import (
     NUM_SPLITS,
-    SPLIT_FILE_NAME,
     check_split_id,
     half_split,
-    load_or_create_splits,
+    select_split,
     split_mismatch,
 )
 from metareid.data.datasets.base import (
@@ -116,13 +115,15 @@ class VIPeR(ReIDDataset):
                 f"{name}: every id must have an image in cam_a and in cam_b; ids seen by one "
                 f"camera only in '{self.dataset_dir}': {only[:10]}{' ...' if len(only) > 10 else ''}"
             )
-        self.split_file = (
-            Path(split_file) if split_file is not None else self.root / SPLIT_FILE_NAME
+        self.split_file, split = select_split(
+            name,
+            self.root,
+            split_file,
+            self.name,
+            half_split(sorted(ids_a)),
+            ("train", "test"),
+            split_id,
         )
-        splits = load_or_create_splits(
-            self.split_file, self.name, half_split(sorted(ids_a)), ("train", "test")
-        )
-        split = splits[check_split_id(name, split_id, len(splits))]
         train_ids, test_ids = set(split["train"]), set(split["test"])
         if train_ids | test_ids != ids_a or train_ids & test_ids:
             raise split_mismatch(

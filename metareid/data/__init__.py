@@ -4,7 +4,7 @@ Datasets (Market-1501, DukeMTMC-reID, CUHK03-NP, CUHK03 old protocol, MSMT17 V1/
 CUHK02, CUHK-SYSU, PRID, GRID, VIPeR, iLIDS, a generic folder/list-file dataset and a
 built-in synthetic benchmark) behind a name registry and dataset specs; the DG protocols
 (M3L's, Protocols 1-3) as specs; statistics checked against the releases; the multi-source
-view with one id range per domain; the identity-balanced sampler; the train and test
+view with one id range per domain; the identity-balanced sampler and its per-process chunks; the train and test
 transforms; and the DataLoader helpers. See ``docs/data.md`` and ``docs/protocols.md``.
 """
 
@@ -60,7 +60,7 @@ from metareid.data.protocols import (
     protocol_plan,
     protocol_plans,
 )
-from metareid.data.sampler import IdentityBalancedSampler
+from metareid.data.sampler import IdentityBalancedSampler, IdentityChunkSampler, sample_seeds
 from metareid.data.specs import (
     DatasetSpec,
     build_dataset_from_spec,
@@ -123,6 +123,7 @@ __all__ = [
     "Expected",
     "GenericDataset",
     "IdentityBalancedSampler",
+    "IdentityChunkSampler",
     "ImageRecord",
     "Market1501",
     "MultiDomainBatchIterator",
@@ -162,6 +163,7 @@ __all__ = [
     "protocol_plans",
     "register_dataset",
     "relabel",
+    "sample_seeds",
     "scan_data_dir",
     "source_check_line",
     "split_stats",

@@ -14,7 +14,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from metareid._validation import check_choice, check_positive_int
 from metareid.data.datasets.base import BadImageError, ImageRecord, OnBadImage, load_image
-from metareid.data.sampler import IdentityBalancedSampler
+from metareid.data.sampler import IdentityBalancedSampler, IdentityChunkSampler
 
 __all__ = [
     "MultiDomainBatchIterator",
@@ -52,6 +52,11 @@ class ReIDImageDataset(Dataset[ReIDSample]):
     contiguous train label in a train split, the original id in query/gallery), 0-based
     camera, source domain, ``i`` itself and the file path. Feature extraction for evaluation
     needs only ``img``, ``pid`` and ``camid``.
+
+    Item ``(i, seed)`` (what :class:`~metareid.data.IdentityChunkSampler` yields) is item
+    ``i`` with the transform run under ``torch.manual_seed(seed)`` inside
+    ``torch.random.fork_rng``: the augmentation depends on the seed only, and torch's
+    global random state is left as it was.
 
     Args:
         records: the images.
@@ -92,10 +97,22 @@ class ReIDImageDataset(Dataset[ReIDSample]):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> ReIDSample:
+    def __getitem__(self, index: int | tuple[int, int]) -> ReIDSample:
+        seed: int | None = None
+        if isinstance(index, tuple):
+            if len(index) != 2:
+                raise ValueError(f"index must be an int or (index, seed), got {index!r}")
+            index, seed = index
         image, used = self._load(index)
         record = self.records[used]
-        img = self.transform(image) if self.transform is not None else pil_to_tensor(image)
+        if self.transform is None:
+            img = pil_to_tensor(image)
+        elif seed is None:
+            img = self.transform(image)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                img = self.transform(image)
         return {
             "img": img,
             "pid": record.pid,
@@ -160,6 +177,7 @@ def build_train_loader(
     pin_memory: bool | None = None,
     seed: int | tuple[int, ...] = 0,
     on_bad_image: OnBadImage = "raise",
+    identity_chunk: tuple[int, int] | None = None,
 ) -> DataLoader[ReIDSample]:
     """A training loader over one domain's records with identity-balanced batches.
 
@@ -180,6 +198,12 @@ def build_train_loader(
             CUDA is available.
         seed: seed of the sampler and of the workers' random streams. Default 0.
         on_bad_image: see :class:`ReIDImageDataset`. Default ``"raise"``.
+        identity_chunk: ``(index, N)``: load only identity chunk ``index`` of N of every
+            global batch, each sample's augmentation seeded by its place in the global
+            batch (:class:`~metareid.data.IdentityChunkSampler`); what rank ``index`` of N
+            processes loads. ``(0, 1)`` loads whole batches with those seeds. Default
+            ``None``: whole batches, augmentations from torch's global generator (or the
+            workers').
 
     Returns:
         The ``DataLoader``; its batches are dicts as described in :class:`ReIDSample`.
@@ -205,9 +229,16 @@ def build_train_loader(
         infinite=infinite,
         seed=seed_tuple,
     )
+    batch_sampler: IdentityBalancedSampler | IdentityChunkSampler = sampler
+    if identity_chunk is not None:
+        if not (isinstance(identity_chunk, tuple) and len(identity_chunk) == 2):
+            raise TypeError(
+                f"identity_chunk must be a pair (index, num_chunks) or None, got {identity_chunk!r}"
+            )
+        batch_sampler = IdentityChunkSampler(sampler, *identity_chunk)
     return DataLoader(
         ReIDImageDataset(records, transform, on_bad_image=on_bad_image),
-        batch_sampler=sampler,
+        batch_sampler=batch_sampler,
         num_workers=num_workers,
         pin_memory=_pin_memory(pin_memory),
         persistent_workers=num_workers > 0,

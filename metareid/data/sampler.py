@@ -1,4 +1,8 @@
-"""Identity-balanced batch sampler: P identities x K images per batch, other cameras first."""
+"""Identity-balanced batch sampler: P identities x K images per batch, other cameras first.
+
+:class:`IdentityChunkSampler` keeps one identity chunk of each of its batches, with a
+random seed per sample, so that N processes load disjoint parts of one global batch.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,13 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-from metareid._validation import check_positive_int
+from metareid._validation import check_int, check_positive_int, describe
 from metareid.data.datasets.base import ImageRecord
 
-__all__ = ["IdentityBalancedSampler"]
+__all__ = ["IdentityBalancedSampler", "IdentityChunkSampler", "sample_seeds"]
+
+# Tags the augmentation stream in the seed sequence (ASCII "aug").
+_AUGMENTATION_STREAM = 0x617567
 
 
 class IdentityBalancedSampler(Sampler[list[int]]):
@@ -171,3 +178,84 @@ class IdentityBalancedSampler(Sampler[list[int]]):
             extra = rng.choice(indices, size=k - 1 - len(partners), replace=True)
             partners = np.concatenate([partners, extra])
         return [int(indices[anchor]), *(int(i) for i in partners)]
+
+
+def sample_seeds(seed: Sequence[int], epoch: int, batch: int, count: int) -> list[int]:
+    """One 63-bit seed per position of batch ``batch`` of epoch ``epoch`` of sampler ``seed``.
+
+    The seeds depend only on these numbers, never on which process loads the sample, so
+    an image's augmentation is the same wherever it is loaded.
+
+    Example:
+        >>> sample_seeds((0, 1), 0, 0, 3) == sample_seeds((0, 1), 0, 0, 3)
+        True
+        >>> len(set(sample_seeds((0, 1), 0, 0, 64)))
+        64
+    """
+    entropy = [*(int(s) for s in seed), _AUGMENTATION_STREAM, int(epoch), int(batch)]
+    state = np.random.SeedSequence(entropy).generate_state(count, dtype=np.uint64)
+    return [int(v) & (2**63 - 1) for v in state]
+
+
+class IdentityChunkSampler(Sampler[list[tuple[int, int]]]):
+    """Chunk ``index`` of ``num_chunks`` of every batch of an :class:`IdentityBalancedSampler`.
+
+    The wrapped sampler draws the global P x K batch, the same in every process; this one
+    keeps identities ``index * P/N`` to ``(index + 1) * P/N - 1`` of it, with their K
+    samples (the chunk of :func:`metareid.distributed.split_batch_by_identity`), so that N
+    processes load disjoint parts whose concatenation in ``index`` order is the global
+    batch. Each item is ``(dataset_index, seed)``; :class:`~metareid.data.ReIDImageDataset`
+    runs the transform of that sample under ``seed`` (:func:`sample_seeds`: a function of
+    the wrapped sampler's seed, the epoch, the batch number and the position in the global
+    batch), so augmentations do not depend on the number of chunks, the process or the
+    loader workers. ``num_chunks=1`` keeps whole batches, with those seeds.
+
+    Args:
+        sampler: the global batches (its ``epoch`` advances as usual).
+        index: the chunk to keep, in [0, num_chunks).
+        num_chunks: N >= 1, dividing ``sampler.num_identities``.
+
+    Raises:
+        ValueError: ``num_chunks`` does not divide P, or ``index`` is out of range.
+        TypeError: ``sampler`` is not an :class:`IdentityBalancedSampler`.
+
+    Example:
+        >>> base = IdentityBalancedSampler([0, 0, 1, 1, 2, 2, 3, 3], num_identities=4,
+        ...                                num_instances=2, seed=0)
+        >>> chunks = [next(iter(IdentityChunkSampler(IdentityBalancedSampler(
+        ...     [0, 0, 1, 1, 2, 2, 3, 3], num_identities=4, num_instances=2, seed=0), r, 2)))
+        ...     for r in range(2)]
+        >>> [i for c in chunks for i, _ in c] == next(iter(base))
+        True
+    """
+
+    def __init__(self, sampler: IdentityBalancedSampler, index: int, num_chunks: int) -> None:
+        if not isinstance(sampler, IdentityBalancedSampler):
+            raise TypeError(f"sampler must be an IdentityBalancedSampler, got {describe(sampler)}")
+        num_chunks = check_positive_int("num_chunks", num_chunks)
+        index = check_int("index", index, 0)
+        if index >= num_chunks:
+            raise ValueError(f"index must be a chunk in [0, {num_chunks}), got {index}")
+        if sampler.num_identities % num_chunks:
+            raise ValueError(
+                f"num_chunks={num_chunks} must divide the sampler's num_identities="
+                f"{sampler.num_identities}, so that every chunk holds whole identities"
+            )
+        self.sampler = sampler
+        self.index = index
+        self.num_chunks = num_chunks
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the wrapped sampler's epoch (see :meth:`IdentityBalancedSampler.set_epoch`)."""
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.sampler.epoch  # the epoch the wrapped iterator is about to use
+        size = self.sampler.num_identities // self.num_chunks * self.sampler.num_instances
+        lo, hi = self.index * size, (self.index + 1) * size
+        for number, batch in enumerate(self.sampler):
+            seeds = sample_seeds(self.sampler.seed, epoch, number, len(batch))
+            yield list(zip(batch[lo:hi], seeds[lo:hi], strict=True))

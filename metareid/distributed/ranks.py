@@ -9,8 +9,9 @@ mining, the memory loss's average, the memory update and the gradients.
 :attr:`~RankGroup.local_ranks` and hands their tensors to the group as a list, one entry
 per local rank:
 
-* :class:`ProcessRanks`: one chunk per process, combined through ``torch.distributed``
-  (``torchrun``); with no process group it is the single-process identity.
+* :class:`ProcessRanks`: one chunk per process (or M, ``chunks_per_process``), combined
+  through ``torch.distributed`` (``torchrun``); with no process group and M = 1 it is the
+  single-process identity.
 * :class:`MicroBatchRanks`: all N chunks in one process (``--micro-batches N``); the
   combinations are plain concatenations, so one process reproduces N ranks.
 
@@ -137,13 +138,20 @@ class RankGroup(ABC):
 
 
 class ProcessRanks(RankGroup):
-    """One rank per process, combined through ``torch.distributed`` (``torchrun``).
+    """Ranks spread over processes, combined through ``torch.distributed`` (``torchrun``).
+
+    By default one rank per process. With ``chunks_per_process=M`` every process computes
+    M consecutive ranks as micro-batches, process ``p`` ranks ``p * M`` to ``p * M + M - 1``
+    of N = world size x M: the same N chunks, so W processes with M micro-batches each give
+    what W x M processes (or one process with ``MicroBatchRanks(W * M)``) give.
 
     Reads the rank and world size from ``group`` at every call, so it may be built before
-    the process group; without one it is a single rank and every method is the identity.
+    the process group; without one it is a single process and, with M = 1, every method is
+    the identity.
 
     Args:
         group: process group; ``None`` (default) is the default group.
+        chunks_per_process: M >= 1, the ranks each process computes. Default 1.
 
     Example:
         >>> import torch
@@ -152,24 +160,37 @@ class ProcessRanks(RankGroup):
         (1, (0,))
         >>> ranks.gather(torch.tensor([3, 1]))
         tensor([3, 1])
+        >>> ProcessRanks(chunks_per_process=2).local_ranks
+        (0, 1)
     """
 
-    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
+    def __init__(self, group: dist.ProcessGroup | None = None, chunks_per_process: int = 1) -> None:
         self.group = group
+        self.chunks_per_process = check_positive_int("chunks_per_process", chunks_per_process)
 
     @property
     def num_ranks(self) -> int:
-        return group_size(self.group)
+        return group_size(self.group) * self.chunks_per_process
 
     @property
     def local_ranks(self) -> tuple[int, ...]:
-        return (group_rank(self.group),)
+        m = self.chunks_per_process
+        first = group_rank(self.group) * m
+        return tuple(range(first, first + m))
+
+    def _cat(self, parts: Tensor | Sequence[Tensor]) -> Tensor:
+        local = as_parts(parts, self.chunks_per_process, "parts")
+        if len(local) == 1:
+            return local[0]
+        if any(p.dim() == 0 for p in local):
+            raise ValueError("parts must have a first (batch) dimension, got a 0-d tensor")
+        return torch.cat(local)
 
     def gather(self, parts: Tensor | Sequence[Tensor]) -> Tensor:
-        return all_gather_concat(as_parts(parts, 1, "parts")[0], self.group)
+        return all_gather_concat(self._cat(parts), self.group)
 
     def gather_with_grad(self, parts: Tensor | Sequence[Tensor]) -> Tensor:
-        return all_gather_concat_with_grad(as_parts(parts, 1, "parts")[0], self.group)
+        return all_gather_concat_with_grad(self._cat(parts), self.group)
 
     def all_reduce_mean(self, tensors: Sequence[Tensor | None]) -> list[Tensor | None]:
         return all_reduce_mean(tensors, self.group)
@@ -181,7 +202,9 @@ class ProcessRanks(RankGroup):
         return broadcast_object(obj, 0, self.group)
 
     def __repr__(self) -> str:
-        return f"ProcessRanks(num_ranks={self.num_ranks}, rank={self.local_ranks[0]})"
+        m = self.chunks_per_process
+        extra = "" if m == 1 else f", chunks_per_process={m}"
+        return f"ProcessRanks(num_ranks={self.num_ranks}, rank={group_rank(self.group)}{extra})"
 
 
 class MicroBatchRanks(RankGroup):

@@ -5,7 +5,11 @@ One place decides how a run is split (see docs/distributed.md):
 * one process, ``micro_batches=1``: no split (``ranks=None``), today's computation and
   random streams;
 * one process, ``micro_batches=N > 1``: ``MicroBatchRanks(N)``;
-* ``torchrun`` with W > 1 processes: ``ProcessRanks()`` (one chunk per rank, N = W).
+* ``torchrun`` with W > 1 processes and ``micro_batches=M``:
+  ``ProcessRanks(chunks_per_process=M)`` (M chunks per process, N = W x M).
+
+Every N > 1 layout with the same N computes the same thing, so a checkpoint resumes
+under any of them (``num_chunks`` in the checkpoint).
 
 Random streams with N > 1 (both kinds) are seeded per iteration, so that a resumed run,
 at any iteration, continues them, and so that rank ``r`` of N processes draws what chunk
@@ -16,9 +20,13 @@ at any iteration, continues them, and so that rank ``r`` of N processes draws wh
 * the meta-test domain at iteration ``i``: drawn on rank 0 by
   ``torch.randint(num_domains, (1,))`` with a generator seeded with
   ``stream_seed(seed, META_TEST_STREAM, i)`` and broadcast;
-* the sampler: ``(seed, domain, epoch)``, as in one process, and the augmentations from
-  torch's global generator (seeded with ``seed``, stored in checkpoints): every rank
-  loads the same global batch and keeps its chunk.
+* the sampler: ``(seed, domain, epoch)``, as in one process: every process draws the
+  same global batch and loads only the identities of its chunks
+  (:class:`~metareid.data.IdentityChunkSampler`);
+* the augmentation of every sample: its own seed, a function of ``(seed, domain,
+  epoch)``, the batch number and the position in the global batch
+  (:func:`~metareid.data.sample_seeds`), wherever it is loaded. (Without a split the
+  augmentations come from torch's global generator, as before.)
 """
 
 from __future__ import annotations
@@ -76,6 +84,15 @@ class Plumbing:
         """True under ``torchrun`` with more than one process."""
         return self.context.world_size > 1
 
+    @property
+    def identity_chunk(self) -> tuple[int, int] | None:
+        """What this process loads of every global batch: ``(rank, world size)``, ``(0, 1)``
+        for micro-batches in one process, ``None`` without a split (whole batches,
+        augmentations from the global generator)."""
+        if self.ranks is None:
+            return None
+        return (self.context.rank, self.context.world_size)
+
     def metabn_generators(self, seed: int, iteration: int) -> list[torch.Generator] | None:
         """One generator per local rank for iteration ``iteration`` (``None`` without split)."""
         if self.ranks is None:
@@ -103,9 +120,8 @@ def setup(cfg: TrainConfig) -> Plumbing:
     """Join the ``torchrun`` process group, if any, and pick the device and the ranks.
 
     Raises:
-        ValueError: ``micro_batches > 1`` under ``torchrun`` with several processes, the
-            number of processes does not divide ``num_identities``, or the ranks' configs
-            differ (naming the keys).
+        ValueError: the number of chunks (processes x ``micro_batches``) does not divide
+            ``num_identities``, or the ranks' configs differ (naming the keys).
     """
     under_torchrun = "WORLD_SIZE" in os.environ or (dist.is_available() and dist.is_initialized())
     if under_torchrun:
@@ -119,21 +135,18 @@ def setup(cfg: TrainConfig) -> Plumbing:
         if cfg.micro_batches == 1:
             return Plumbing(context, device, None, 1)
         return Plumbing(context, device, MicroBatchRanks(cfg.micro_batches), cfg.micro_batches)
-    world = context.world_size
-    if cfg.micro_batches != 1:
+    world, per_process = context.world_size, cfg.micro_batches
+    chunks = world * per_process
+    if cfg.num_identities % chunks:
         raise ValueError(
-            f"micro_batches={cfg.micro_batches} with {world} torchrun processes is not "
-            "supported: each process computes one chunk; use micro_batches=1 under torchrun, "
-            f"or one process with micro_batches={world * cfg.micro_batches}"
-        )
-    if cfg.num_identities % world:
-        raise ValueError(
-            f"the {world} torchrun processes must divide num_identities={cfg.num_identities}, "
-            "so that every rank holds num_identities / world_size whole identities"
+            f"the {world} torchrun processes x micro_batches={per_process} = {chunks} chunks "
+            f"must divide num_identities={cfg.num_identities}, so that every chunk holds "
+            "whole identities"
         )
     settings = {k: v for k, v in cfg.to_dict().items() if k not in PER_RANK_FIELDS}
     check_config_consistency(settings)
-    return Plumbing(context, context.device, ProcessRanks(), world)
+    ranks = ProcessRanks(chunks_per_process=per_process)
+    return Plumbing(context, context.device, ranks, chunks)
 
 
 def broadcast_module_(module: nn.Module, plumbing: Plumbing) -> None:

@@ -149,6 +149,7 @@ def build_components(
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     grad_scaler: torch.amp.GradScaler | None = None,
     ranks: RankGroup | None = None,
+    local_batches: bool = False,
     grad_transform: GradTransform | None = None,
     outer_grad_transform: OuterGradTransform | None = None,
 ) -> TrainingComponents:
@@ -164,6 +165,8 @@ def build_components(
         grad_scaler: for ``amp="fp16"``.
         ranks: the :class:`~metareid.distributed.RankGroup` the batches are split across,
             or ``None`` (default: whole batches, the plain computation).
+        local_batches: with ``ranks``, every process's batches hold only its own
+            identities (see :class:`M3LObjective`). Default ``False``.
         grad_transform: passed to :class:`~metareid.MetaLearner` (the differentiable
             all-reduce of the meta-train gradient under ``torchrun``).
         outer_grad_transform: passed to :class:`~metareid.MetaLearner` (the all-reduce of
@@ -201,6 +204,7 @@ def build_components(
         pid_offsets=list(sources.pid_offsets),
         autocast=autocast,
         ranks=ranks,
+        local_batches=local_batches,
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

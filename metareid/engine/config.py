@@ -72,6 +72,7 @@ class TrainConfig:
     chunks computed one after the other, each with its own BatchNorm and MetaBN
     statistics, exactly as N ``torchrun`` ranks compute them (docs/distributed.md);
     ``1`` (default) is the whole-batch computation. N must divide ``num_identities``.
+    Under ``torchrun`` with W processes it is per process: W x N chunks in all.
 
     Dataset specs are registry names with optional ``:options`` (see
     :mod:`metareid.data.specs`): ``market1501``, ``dukemtmc``, ``cuhk03np``
@@ -160,7 +161,8 @@ class TrainConfig:
         default=1,
         metadata={
             "help": "split every domain batch by identity into N chunks with their own "
-            "BatchNorm/MetaBN statistics, as N torchrun ranks would (1 = whole batches)"
+            "BatchNorm/MetaBN statistics, as N torchrun ranks would (1 = whole batches); "
+            "under torchrun, per process"
         },
     )
     check_ranks: bool = field(

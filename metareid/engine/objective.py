@@ -21,7 +21,7 @@ from metareid.distributed.losses import (
 )
 from metareid.distributed.memory import update_memory_across_ranks
 from metareid.distributed.ranks import RankGroup
-from metareid.distributed.split import local_chunks
+from metareid.distributed.split import local_chunks, split_batch_by_identity
 from metareid.layers.metabn import metabn_stats_slot
 from metareid.losses.memory_id import MemoryIDLoss
 from metareid.losses.triplet import HardTripletLoss
@@ -73,7 +73,10 @@ class M3LObjective:
     order. BatchNorm running statistics move by the mean over chunks of each chunk's
     update (the momentum update is linear, so this is the update with the mean of the
     chunks' batch statistics). ``ranks=None`` (default) is the plain whole-batch
-    computation.
+    computation. By default every process passes the global batch and keeps its chunks;
+    with ``local_batches=True`` it passes only the identities of its local ranks (what
+    :func:`~metareid.data.build_train_loader` with ``identity_chunk`` loads), which saves
+    N - 1 of every N image loads.
 
     Args:
         memories: One :class:`~metareid.MemoryBank` per source domain (empty when
@@ -95,6 +98,10 @@ class M3LObjective:
             or ``None`` (default): whole batches. ``triplet_loss`` and ``memory_loss``
             must then be :class:`~metareid.HardTripletLoss` / :class:`~metareid.MemoryIDLoss`
             (their settings are used by the split losses).
+        local_batches: With ``ranks``: each batch holds only this process's part, the
+            identities of its local ranks in rank order (split into
+            ``len(ranks.local_ranks)`` chunks), instead of the global batch (default
+            ``False``; split into ``ranks.num_ranks`` chunks, the local ones kept).
 
     Example:
         >>> import torch, torch.nn.functional as F
@@ -130,6 +137,7 @@ class M3LObjective:
         pid_offsets: Sequence[int] | None = None,
         autocast: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
         ranks: RankGroup | None = None,
+        local_batches: bool = False,
     ) -> None:
         if id_loss not in _ID_LOSSES:
             raise ValueError(f"id_loss must be one of {_ID_LOSSES}; got {id_loss!r}")
@@ -172,7 +180,12 @@ class M3LObjective:
                         f"with ranks, {name} must be a {kind.__name__} (its settings are used "
                         f"by the split loss), got {type(module).__name__}"
                     )
+        if not isinstance(local_batches, bool):
+            raise TypeError(f"local_batches must be a bool, got {type(local_batches).__name__}")
+        if local_batches and ranks is None:
+            raise ValueError("local_batches=True needs ranks (the group the batches are split across)")
         self.ranks = ranks
+        self.local_batches = local_batches
         self._generators: Sequence[torch.Generator] | None = None
 
     # ------------------------------------------------------------------ the loss
@@ -244,7 +257,7 @@ class M3LObjective:
     ) -> tuple[Tensor, dict[str, Any] | None]:
         """:meth:`loss` with the batch split across ``self.ranks`` (see the class docs)."""
         ranks = cast(RankGroup, self.ranks)
-        chunks = local_chunks(batch, ranks)
+        chunks = self._local_chunks(batch)
         outs = self._chunk_forwards(model, chunks, grad=True)
         reps = self.mixtures(phase)
         feats, pooled, pids, labels = [], [], [], []
@@ -285,6 +298,13 @@ class M3LObjective:
         if phase is Phase.META_TEST and self.metabn:
             return loss, None
         return loss, {"features": [f.detach() for f in feats], "pid": pids}
+
+    def _local_chunks(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """The chunks of this process's local ranks, from a global or a local batch."""
+        ranks = cast(RankGroup, self.ranks)
+        if self.local_batches:
+            return split_batch_by_identity(batch, len(ranks.local_ranks))
+        return local_chunks(batch, ranks)
 
     def _chunk_forwards(
         self, model: nn.Module, chunks: Sequence[dict[str, Any]], grad: bool
@@ -460,7 +480,7 @@ class M3LObjective:
         ranks = cast(RankGroup, self.ranks)
         if self.memory_update_timing == "after":
             for d, b in enumerate(batches):
-                chunks = local_chunks(b, ranks)
+                chunks = self._local_chunks(b)
                 outs = self._chunk_forwards(model, chunks, grad=False)
                 feats = [_full_precision(o.features) for o in outs]
                 update_memory_across_ranks(

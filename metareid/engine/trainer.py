@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 # Fields that may differ between a run and its resumption.
-# ``micro_batches`` is compared through the number of chunks N (N processes = N micro-batches).
+# ``micro_batches`` is compared through the number of chunks N = processes x micro_batches.
 _RESUMABLE_CHANGES = {
     "progress",
     "plots",
@@ -161,7 +161,8 @@ class Trainer:
     (differentiable all-reduce), the all-reduced outer gradient, a common meta-test
     domain and identical memories on every rank; rank 0 alone writes logs, checkpoints
     and pictures. ``micro_batches=N`` in one process computes the same N chunks one after
-    the other and gives what N ranks give.
+    the other and gives what N ranks give; W processes with ``micro_batches=M`` each give
+    what W x M ranks give. Every process loads only the images of its own chunks.
 
     Args:
         config: The run's settings.
@@ -223,6 +224,7 @@ class Trainer:
             autocast=self._autocast,
             grad_scaler=self.grad_scaler,
             ranks=ranks,
+            local_batches=ranks is not None,
             **hooks,
         )
         self.memories = parts.memories
@@ -355,6 +357,7 @@ class Trainer:
                 num_workers=cfg.workers,
                 pin_memory=self.device.type == "cuda",
                 seed=(cfg.seed, domain, self.epoch),
+                identity_chunk=self.plumbing.identity_chunk,
             )
             for domain, records in enumerate(self.sources.per_domain_train)
         ]
@@ -537,8 +540,9 @@ class Trainer:
                 f"the checkpoint was written with the batch split into N={chunks} chunks "
                 f"(torchrun processes x micro_batches), this run splits it into "
                 f"N={self.plumbing.num_chunks}: per-chunk BatchNorm/MetaBN statistics and "
-                f"random streams depend on N; resume with {chunks} torchrun processes or "
-                f"--micro-batches {chunks}"
+                f"random streams depend on N; resume with W torchrun processes x "
+                f"--micro-batches M where W x M = {chunks} (e.g. {chunks} processes, or one "
+                f"process with --micro-batches {chunks})"
             )
         self.model.load_state_dict(state["model"])
         self.memories.load_state_dict(state["memories"])

@@ -183,7 +183,9 @@ class M3LObjective:
         if not isinstance(local_batches, bool):
             raise TypeError(f"local_batches must be a bool, got {type(local_batches).__name__}")
         if local_batches and ranks is None:
-            raise ValueError("local_batches=True needs ranks (the group the batches are split across)")
+            raise ValueError(
+                "local_batches=True needs ranks (the group the batches are split across)"
+            )
         self.ranks = ranks
         self.local_batches = local_batches
         self._generators: Sequence[torch.Generator] | None = None

@@ -148,6 +148,48 @@ def test_meta_step_on_two_ranks_equals_two_micro_batches_and_one_batch(run_ranks
         assert not torch.allclose(means[0], means[1])
 
 
+def _hybrid_losses(ctx, out):
+    """2 processes x 2 micro-batches (N = 4) = MicroBatchRanks(4), with and without BN."""
+    train, test = make_batch(1), make_batch(2)
+    memories = [make_memory(3), make_memory(4)]
+    hybrid = ProcessRanks(chunks_per_process=2)
+    assert hybrid.num_ranks == 4 and hybrid.local_ranks == (2 * ctx.rank, 2 * ctx.rank + 1)
+    for bn in (True, False):
+        for first_order in (False, True):
+            model = make_model(bn)
+            losses = meta_step(model, train, test, memories, hybrid, first_order)
+            mean_losses = all_gather_concat(torch.stack(losses)[None]).mean(dim=0)
+            emulated = make_model(bn)
+            emulated_losses = meta_step(
+                emulated, train, test, memories, MicroBatchRanks(4), first_order
+            )
+            torch.testing.assert_close(
+                mean_losses, torch.stack(emulated_losses), rtol=1e-12, atol=1e-12
+            )
+            for (name, p), q in zip(model.named_parameters(), emulated.parameters()):
+                torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_meta_step_on_two_processes_of_two_chunks_equals_four_micro_batches(run_ranks):
+    run_ranks(_hybrid_losses)
+
+
+def test_process_ranks_with_several_chunks_in_one_process():
+    """Without a process group, ProcessRanks(chunks_per_process=M) is MicroBatchRanks(M)."""
+    ranks = ProcessRanks(chunks_per_process=2)
+    assert (ranks.num_ranks, ranks.local_ranks) == (2, (0, 1))
+    parts = [torch.arange(3.0), torch.arange(2.0)]
+    assert torch.equal(ranks.gather(parts), MicroBatchRanks(2).gather(parts))
+    assert ranks.offsets(parts) == [0, 3, 5]
+    assert "chunks_per_process=2" in repr(ranks)
+    with pytest.raises(
+        ValueError, match=r"parts must hold one tensor per local rank .*\(2\), got 1"
+    ):
+        ranks.gather([parts[0]])
+    with pytest.raises(ValueError, match="chunks_per_process"):
+        ProcessRanks(chunks_per_process=0)
+
+
 def test_micro_batch_losses_equal_the_plain_losses_on_the_whole_batch():
     batch = make_batch(5)
     feats = torch.randn(NUM_IDS * K, D, dtype=torch.float64, requires_grad=True)

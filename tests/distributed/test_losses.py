@@ -102,26 +102,30 @@ def plain_meta_step(model, train, test, memories, first_order):
     return inner.detach(), outer.detach()
 
 
+def same_as_micro_batches(ranks, n, bn, first_order, train, test, memories):
+    """A meta step on ``ranks`` equals one on ``MicroBatchRanks(n)``: the mean over the
+    processes of the losses, and every gradient. Returns the model and that mean."""
+    model = make_model(bn)
+    losses = meta_step(model, train, test, memories, ranks, first_order)
+    # The mean over processes of the returned losses is the whole-batch loss.
+    mean_losses = all_gather_concat(torch.stack(losses)[None]).mean(dim=0)
+    emulated = make_model(bn)
+    emulated_losses = meta_step(emulated, train, test, memories, MicroBatchRanks(n), first_order)
+    torch.testing.assert_close(mean_losses, torch.stack(emulated_losses), rtol=1e-12, atol=1e-12)
+    for (name, p), q in zip(model.named_parameters(), emulated.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+    return model, mean_losses
+
+
 def _losses(ctx, out):
     train, test = make_batch(1), make_batch(2)
     memories = [make_memory(3), make_memory(4)]
     real = ProcessRanks()
     for bn in (True, False):
         for first_order in (False, True):
-            model = make_model(bn)
-            losses = meta_step(model, train, test, memories, real, first_order)
-            # The mean over ranks of the returned losses is the whole-batch loss.
-            mean_losses = all_gather_concat(torch.stack(losses)[None]).mean(dim=0)
-
-            emulated = make_model(bn)
-            emulated_losses = meta_step(
-                emulated, train, test, memories, MicroBatchRanks(2), first_order
+            model, mean_losses = same_as_micro_batches(
+                real, 2, bn, first_order, train, test, memories
             )
-            torch.testing.assert_close(
-                mean_losses, torch.stack(emulated_losses), rtol=1e-12, atol=1e-12
-            )
-            for (name, p), q in zip(model.named_parameters(), emulated.parameters()):
-                torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
             if bn:  # per-rank statistics, as DataParallel's per GPU: they differ between ranks
                 torch.save(model[1].running_mean, out / f"running_mean{ctx.rank}_{first_order}.pt")
             else:
@@ -156,18 +160,7 @@ def _hybrid_losses(ctx, out):
     assert hybrid.num_ranks == 4 and hybrid.local_ranks == (2 * ctx.rank, 2 * ctx.rank + 1)
     for bn in (True, False):
         for first_order in (False, True):
-            model = make_model(bn)
-            losses = meta_step(model, train, test, memories, hybrid, first_order)
-            mean_losses = all_gather_concat(torch.stack(losses)[None]).mean(dim=0)
-            emulated = make_model(bn)
-            emulated_losses = meta_step(
-                emulated, train, test, memories, MicroBatchRanks(4), first_order
-            )
-            torch.testing.assert_close(
-                mean_losses, torch.stack(emulated_losses), rtol=1e-12, atol=1e-12
-            )
-            for (name, p), q in zip(model.named_parameters(), emulated.parameters()):
-                torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+            same_as_micro_batches(hybrid, 4, bn, first_order, train, test, memories)
 
 
 def test_meta_step_on_two_processes_of_two_chunks_equals_four_micro_batches(run_ranks):

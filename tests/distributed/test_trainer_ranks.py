@@ -132,6 +132,26 @@ def _train_on_ranks(ctx, out, root, iters):
         (out / f"{name}_rank{ctx.rank}.seconds").write_text(str(time.perf_counter() - start))
 
 
+def torchrun(*args: str) -> list[str]:
+    """The command of a 2-process standalone torchrun job of ``args``."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        *args,
+    ]
+
+
+def iteration_records(folder: Path) -> list[dict]:
+    """The ``iter`` records of ``folder/log.jsonl``."""
+    records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    return [r for r in records if r["kind"] == "iter"]
+
+
 def assert_close_tree(a, b, where=""):
     if isinstance(a, torch.Tensor):
         if a.is_floating_point():
@@ -298,11 +318,7 @@ def test_a_micro_batch_checkpoint_resumes_on_as_many_processes(run_ranks, bench,
     whole_dir = tmp_path / "whole"
     Trainer(resume_config(str(bench), str(whole_dir), micro_batches=2), log=lambda _m: None).fit()
 
-    def iterations(folder):
-        records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
-        return [r for r in records if r["kind"] == "iter"]
-
-    got, expected = iterations(run_dir), iterations(whole_dir)
+    got, expected = iteration_records(run_dir), iteration_records(whole_dir)
     assert [r["iter"] for r in got] == [1, 2, 3, 4]
     for g, e in zip(got, expected, strict=True):
         assert g["meta_test_domain"] == e["meta_test_domain"]
@@ -358,23 +374,11 @@ def test_second_order_amplifies_rounding_at_the_default_lr(bench, tmp_path):
 
 def test_torchrun_cli_trains_writes_on_rank_0_and_resumes(bench, tmp_path, torchrun_env):
     import subprocess
-    import sys
 
     out = tmp_path / "run"
     cfg = config(str(bench), str(out), method="m3l", iters_per_epoch=2).to_dict()
     (tmp_path / "run.json").write_text(json.dumps(cfg))
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "metareid",
-        "train",
-        "--config",
-        str(tmp_path / "run.json"),
-    ]
+    command = torchrun("-m", "metareid", "train", "--config", str(tmp_path / "run.json"))
     for extra in ([], ["--resume"]):
         proc = subprocess.run(
             command + extra, env=torchrun_env, capture_output=True, text=True, timeout=180
@@ -382,7 +386,7 @@ def test_torchrun_cli_trains_writes_on_rank_0_and_resumes(bench, tmp_path, torch
         assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "resumed from" in proc.stdout
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in records if r["kind"] == "iter"] == [1, 2]  # rank 0 only
+    assert [r["iter"] for r in iteration_records(out)] == [1, 2]  # rank 0 only
     assert [r["kind"] for r in records].count("eval") == 1
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["num_chunks"] == 2 and state["iteration"] == 2
@@ -392,7 +396,6 @@ def test_killed_rank_fails_the_job_and_resume_gives_the_uninterrupted_losses(
     bench, tmp_path, torchrun_env
 ):
     import subprocess
-    import sys
 
     script = Path(__file__).with_name("_killable_run.py")
 
@@ -403,27 +406,15 @@ def test_killed_rank_fails_the_job_and_resume_gives_the_uninterrupted_losses(
         )
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(cfg.to_dict()))
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(script),
-            str(path),
-            *extra,
-        ]
+        command = torchrun(str(script), str(path), *extra)
         return subprocess.run(
             command, env=torchrun_env, capture_output=True, text=True, timeout=240
         )
 
     def iteration_losses(name: str) -> list[tuple[int, float, float]]:
-        lines = (tmp_path / name / "log.jsonl").read_text().splitlines()
-        recs = [json.loads(line) for line in lines]
         return [
             (r["iter"], r["meta_train_loss"], r["meta_test_loss"])
-            for r in recs
-            if r["kind"] == "iter"
+            for r in iteration_records(tmp_path / name)
         ]
 
     whole = launch("whole")
@@ -450,15 +441,9 @@ def test_killed_rank_fails_the_job_and_resume_gives_the_uninterrupted_losses(
 
 def test_reproduce_example_runs_under_torchrun(tmp_path, torchrun_env):
     import subprocess
-    import sys
 
     example = Path(__file__).resolve().parents[2] / "examples" / "reproduce_m3l.py"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
+    command = torchrun(
         str(example),
         "--smoke",
         "--methods",
@@ -470,7 +455,7 @@ def test_reproduce_example_runs_under_torchrun(tmp_path, torchrun_env):
         str(tmp_path / "runs"),
         "--json",
         str(tmp_path / "results.json"),
-    ]
+    )
     proc = subprocess.run(command, env=torchrun_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("Results on the unseen target domain") == 1  # rank 0 only

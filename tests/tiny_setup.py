@@ -3,8 +3,12 @@ distributed tests (importable because ``pythonpath`` includes ``tests``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
+import torch
 
 #: Arguments of ``prepare_synthetic_benchmark`` for a benchmark that builds in a second.
 TINY_BENCH: dict[str, Any] = dict(
@@ -57,3 +61,13 @@ def tiny_train_config(root: Path | str, out: Path | str, **overrides: Any) -> An
     )
     base.update(overrides)
     return TrainConfig(**base)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny convolutions run faster on one thread than on two shared ones (autouse where
+    imported: ``from tiny_setup import one_thread``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

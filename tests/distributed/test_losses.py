@@ -10,10 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.func import functional_call
+from toy_ranks import NUM_IDS, D, K, make_batch, make_memory, make_model
 
-from metareid import MemoryBank
 from metareid.distributed import (
     MicroBatchRanks,
     ProcessRanks,
@@ -26,34 +25,6 @@ from metareid.distributed import (
 from metareid.functional import hard_triplet_loss, memory_id_loss
 
 pytestmark = pytest.mark.distributed
-
-NUM_IDS, K, D_IN, D = 4, 3, 6, 5
-
-
-def make_model(bn: bool) -> nn.Module:
-    torch.manual_seed(0)
-    layers: list[nn.Module] = [nn.Linear(D_IN, D)]
-    if bn:
-        layers.append(nn.BatchNorm1d(D))
-    layers += [nn.Tanh(), nn.Linear(D, D)]
-    return nn.Sequential(*layers).double()
-
-
-def make_batch(seed: int) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(NUM_IDS, generator=gen)
-    pids = order.repeat_interleave(K)  # the sampler's layout: K in a row per identity
-    return {"x": torch.randn(NUM_IDS * K, D_IN, dtype=torch.float64, generator=gen), "pid": pids}
-
-
-def make_memory(seed: int) -> MemoryBank:
-    bank = MemoryBank(NUM_IDS, D, dtype=torch.float64)
-    gen = torch.Generator().manual_seed(seed)
-    bank.init_from(
-        F.normalize(torch.randn(3 * NUM_IDS, D, dtype=torch.float64, generator=gen), dim=1),
-        torch.arange(3 * NUM_IDS) % NUM_IDS,
-    )
-    return bank
 
 
 def objective(model, params, chunks, ranks, memory):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from toy_ranks import make_batch, make_memory, make_model
 
-from metareid import MemoryBank, MetaLearner
+from metareid import MetaLearner
 from metareid.distributed import (
     MicroBatchRanks,
     ProcessRanks,
@@ -24,33 +24,6 @@ from metareid.distributed import (
 from metareid.functional import hard_triplet_loss, memory_id_loss
 
 pytestmark = pytest.mark.distributed
-
-NUM_IDS, K, D_IN, D = 4, 3, 6, 5
-
-
-def make_model(bn: bool) -> nn.Module:
-    torch.manual_seed(0)
-    layers: list[nn.Module] = [nn.Linear(D_IN, D)]
-    if bn:
-        layers.append(nn.BatchNorm1d(D))
-    layers += [nn.Tanh(), nn.Linear(D, D)]
-    return nn.Sequential(*layers).double()
-
-
-def make_batch(seed: int) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    pids = torch.randperm(NUM_IDS, generator=gen).repeat_interleave(K)
-    return {"x": torch.randn(NUM_IDS * K, D_IN, dtype=torch.float64, generator=gen), "pid": pids}
-
-
-def make_memory(seed: int) -> MemoryBank:
-    bank = MemoryBank(NUM_IDS, D, dtype=torch.float64)
-    gen = torch.Generator().manual_seed(seed)
-    bank.init_from(
-        F.normalize(torch.randn(3 * NUM_IDS, D, dtype=torch.float64, generator=gen), dim=1),
-        torch.arange(3 * NUM_IDS) % NUM_IDS,
-    )
-    return bank
 
 
 def split_loss(ranks, memories):

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import fake_trees as ft
 import pytest
-import torch
+from tiny_setup import one_thread  # noqa: F401 (autouse fixture)
 
 from metareid.cli import main
 from metareid.data import PRID
@@ -30,14 +29,6 @@ class SmallPRID(PRID):
 
     def __init__(self, root, split_id=0, **kwargs):
         super().__init__(root, split_id, num_paired=6, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

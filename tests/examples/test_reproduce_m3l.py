@@ -81,23 +81,22 @@ def test_table_reports_mean_std_over_seeds_and_paired_differences():
     assert "| Baseline | 10.0 | 20.0 | 30.0 | 40.0 | 20.0 | 30.0 |" in one  # no ± for 1 seed
 
 
+def m3l_config(example, args, extra, tmp_path: Path, seed: int):
+    """The example's M3L config for synthetic D0 + D1 -> D2 from parsed arguments."""
+    sources = ("synthetic:0", "synthetic:1")
+    return example.config_for(
+        args, extra, "m3l", sources, "synthetic:2", str(tmp_path), example.SYNTHETIC,
+        tmp_path / "out", seed=seed,
+    )  # fmt: skip
+
+
 def test_seeds_and_preset_reach_the_configs(tmp_path):
     example = load_example()
     args, extra = example.parse_args(
         ["--seeds", "3", "--preset", "published", "--", "--lr", "1e-3"]
     )
     assert args.seeds == 3 and extra[:2] == ["--preset", "published"]
-    cfg = example.config_for(
-        args,
-        extra,
-        "m3l",
-        ("synthetic:0", "synthetic:1"),
-        "synthetic:2",
-        str(tmp_path),
-        example.SYNTHETIC,
-        tmp_path / "out",
-        seed=5,
-    )
+    cfg = m3l_config(example, args, extra, tmp_path, seed=5)
     assert cfg.seed == 5 and cfg.preset == "published" and cfg.lr == 1e-3
     assert (cfg.memory_update, cfg.memory_update_timing, cfg.metabn_scale) == (
         "sequential",
@@ -106,17 +105,7 @@ def test_seeds_and_preset_reach_the_configs(tmp_path):
     )
     assert cfg.first_order is False and cfg.inner_eps_root == 1e-5
     args, extra = example.parse_args(["--preset", "published", "--", "--memory-update", "mean"])
-    cfg = example.config_for(
-        args,
-        extra,
-        "m3l",
-        ("synthetic:0", "synthetic:1"),
-        "synthetic:2",
-        str(tmp_path),
-        example.SYNTHETIC,
-        tmp_path / "out",
-        seed=0,
-    )
+    cfg = m3l_config(example, args, extra, tmp_path, seed=0)
     assert cfg.memory_update == "mean" and cfg.metabn_scale == "var"
 
 

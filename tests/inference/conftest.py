@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from tiny_setup import make_tiny_bench, tiny_train_config
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny convolutions run faster on one thread than on two shared ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tiny_setup import make_tiny_bench, one_thread, tiny_train_config  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="session")

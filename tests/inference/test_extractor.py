@@ -170,6 +170,18 @@ def test_bad_arguments_are_refused_before_loading(tmp_path):
         FeatureExtractor(missing)
 
 
+def test_model_is_the_restored_reid_model_in_eval_mode(tiny_run, extractor):
+    """docs/inference.md: ``extractor.model`` is the restored ``ReIDModel`` in eval mode."""
+    from metareid.models import ReIDModel
+
+    assert isinstance(extractor.model, ReIDModel) and not extractor.model.training
+    assert all(not m.training for m in extractor.model.modules())
+    trained = tiny_run.model.state_dict()
+    state = extractor.model.state_dict()
+    assert state.keys() == trained.keys()
+    assert all(torch.equal(v.cpu(), trained[k].cpu()) for k, v in state.items())
+
+
 def test_metadata_and_repr(extractor):
     meta = extractor.metadata()
     assert meta["input"]["height"] == 32 and meta["input"]["width"] == 16

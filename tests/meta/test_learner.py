@@ -234,10 +234,13 @@ def test_learner_matches_finite_differences_directly(backend):
 # --------------------------------------------------------------------------- inner step
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("inner_state", ["fresh", "continue"])
-def test_inner_adam_equals_torch_adam_step(backend, inner_state):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inner_adam_equals_torch_adam_step(backend, inner_state, dtype):
+    """``inner_eps_root=0``: Theta' is ``torch.optim.Adam.step()``'s result, to rounding
+    (float64: 1e-12)."""
     torch.manual_seed(0)
-    model = make_model(dtype=torch.float32)
-    batches = make_batches(dtype=torch.float32)
+    model = make_model(dtype=dtype)
+    batches = make_batches(dtype=dtype)
     opt = torch.optim.Adam(
         model.parameters(), lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01
     )
@@ -284,8 +287,9 @@ def test_inner_adam_equals_torch_adam_step(backend, inner_state):
     # inner_eps_root=0: exactly torch.optim.Adam (the default 1e-5 is the published step)
     learner = MetaLearner(model, opt, inner_state=inner_state, inner_eps_root=0.0, backend=backend)
     learner.meta_backward(batches, spy, meta_test=2)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-14)
     for got, exp in zip(seen, expected, strict=True):
-        torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got, exp, **tol)
     # The outer optimiser's state is never modified by the inner step.
     after = opt.state_dict()
     for k, st in outer_state["state"].items():

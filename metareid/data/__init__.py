@@ -60,7 +60,12 @@ from metareid.data.protocols import (
     protocol_plan,
     protocol_plans,
 )
-from metareid.data.sampler import IdentityBalancedSampler, IdentityChunkSampler, sample_seeds
+from metareid.data.sampler import (
+    IdentityBalancedSampler,
+    IdentityChunkSampler,
+    PublishedIdentitySampler,
+    sample_seeds,
+)
 from metareid.data.specs import (
     DatasetSpec,
     build_dataset_from_spec,
@@ -130,6 +135,7 @@ __all__ = [
     "MultiSourceDataset",
     "OnBadImage",
     "ProtocolPlan",
+    "PublishedIdentitySampler",
     "ReIDDataset",
     "ReIDImageDataset",
     "ReIDSample",

@@ -14,7 +14,14 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from metareid._validation import check_choice, check_positive_int
 from metareid.data.datasets.base import BadImageError, ImageRecord, OnBadImage, load_image
-from metareid.data.sampler import IdentityBalancedSampler, IdentityChunkSampler
+from metareid.data.sampler import (
+    IdentityBalancedSampler,
+    IdentityChunkSampler,
+    PublishedIdentitySampler,
+)
+
+#: Accepted values of ``sampler`` in :func:`build_train_loader`.
+SAMPLERS = ("balanced", "published")
 
 __all__ = [
     "MultiDomainBatchIterator",
@@ -178,6 +185,7 @@ def build_train_loader(
     seed: int | tuple[int, ...] = 0,
     on_bad_image: OnBadImage = "raise",
     identity_chunk: tuple[int, int] | None = None,
+    sampler: str = "balanced",
 ) -> DataLoader[ReIDSample]:
     """A training loader over one domain's records with identity-balanced batches.
 
@@ -204,6 +212,10 @@ def build_train_loader(
             processes loads. ``(0, 1)`` loads whole batches with those seeds. Default
             ``None``: whole batches, augmentations from torch's global generator (or the
             workers').
+        sampler: the batch sampling rules: ``"balanced"`` (default,
+            :class:`~metareid.data.IdentityBalancedSampler`) or ``"published"``
+            (:class:`~metareid.data.PublishedIdentitySampler`, the authors' rules; always
+            prefers other cameras).
 
     Returns:
         The ``DataLoader``; its batches are dicts as described in :class:`ReIDSample`.
@@ -221,21 +233,38 @@ def build_train_loader(
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
     seed_tuple = (seed,) if isinstance(seed, int) else tuple(seed)
-    sampler = IdentityBalancedSampler.from_records(
-        records,
-        num_identities=num_identities,
-        num_instances=num_instances,
-        prefer_other_cameras=prefer_other_cameras,
-        infinite=infinite,
-        seed=seed_tuple,
-    )
-    batch_sampler: IdentityBalancedSampler | IdentityChunkSampler = sampler
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
+    base: IdentityBalancedSampler
+    if sampler == "published":
+        if not prefer_other_cameras:
+            raise ValueError(
+                "sampler='published' always prefers other cameras (the authors' rules); got "
+                "prefer_other_cameras=False"
+            )
+        base = PublishedIdentitySampler.from_records(
+            records,
+            num_identities=num_identities,
+            num_instances=num_instances,
+            infinite=infinite,
+            seed=seed_tuple,
+        )
+    else:
+        base = IdentityBalancedSampler.from_records(
+            records,
+            num_identities=num_identities,
+            num_instances=num_instances,
+            prefer_other_cameras=prefer_other_cameras,
+            infinite=infinite,
+            seed=seed_tuple,
+        )
+    batch_sampler: IdentityBalancedSampler | IdentityChunkSampler = base
     if identity_chunk is not None:
         if not (isinstance(identity_chunk, tuple) and len(identity_chunk) == 2):
             raise TypeError(
                 f"identity_chunk must be a pair (index, num_chunks) or None, got {identity_chunk!r}"
             )
-        batch_sampler = IdentityChunkSampler(sampler, *identity_chunk)
+        batch_sampler = IdentityChunkSampler(base, *identity_chunk)
     return DataLoader(
         ReIDImageDataset(records, transform, on_bad_image=on_bad_image),
         batch_sampler=batch_sampler,

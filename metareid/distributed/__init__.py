@@ -13,7 +13,7 @@ The foundations of distributed training; see ``docs/distributed.md``:
 * ranks, real or emulated: :class:`RankGroup`, :class:`ProcessRanks`,
   :class:`MicroBatchRanks`;
 * the batch split by identity: :func:`split_batch_by_identity`, :func:`identity_chunk`,
-  :func:`local_chunks`;
+  :func:`local_chunks`; in batch order, as ``nn.DataParallel``: :func:`split_batch_in_order`;
 * whole-batch losses and memory updates: :func:`hard_triplet_loss_across_ranks`,
   :func:`memory_id_loss_across_ranks`, :func:`update_memory_across_ranks`;
 * sharded evaluation: :func:`extract_features_sharded`, :func:`shard_range`.
@@ -46,7 +46,12 @@ from metareid.distributed.losses import (
 )
 from metareid.distributed.memory import update_memory_across_ranks
 from metareid.distributed.ranks import MicroBatchRanks, ProcessRanks, RankGroup
-from metareid.distributed.split import identity_chunk, local_chunks, split_batch_by_identity
+from metareid.distributed.split import (
+    identity_chunk,
+    local_chunks,
+    split_batch_by_identity,
+    split_batch_in_order,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -76,5 +81,6 @@ __all__ = [
     "on_main_process",
     "shard_range",
     "split_batch_by_identity",
+    "split_batch_in_order",
     "update_memory_across_ranks",
 ]

@@ -22,7 +22,7 @@ from torch import Tensor
 from metareid._validation import check_int, check_positive_int, describe
 from metareid.distributed.ranks import ProcessRanks, RankGroup
 
-__all__ = ["identity_chunk", "local_chunks", "split_batch_by_identity"]
+__all__ = ["identity_chunk", "local_chunks", "split_batch_by_identity", "split_batch_in_order"]
 
 
 def _identity_runs(pids: object, pid_key: str) -> tuple[list[int], int]:
@@ -118,6 +118,53 @@ def split_batch_by_identity(
         )
     per_chunk = num_ids // num_chunks
     bounds = [*starts[::per_chunk], batch_size]
+    return [
+        {key: _slice_value(str(key), v, batch_size, lo, hi) for key, v in batch.items()}
+        for lo, hi in pairwise(bounds)
+    ]
+
+
+def split_batch_in_order(batch: Mapping[str, Any], num_chunks: int) -> list[dict[str, Any]]:
+    """Cut a batch into consecutive chunks in batch order, as ``nn.DataParallel`` scatters it.
+
+    The sizes are those of ``Tensor.chunk(num_chunks)`` along dim 0, which is how
+    ``torch.nn.DataParallel`` cuts its inputs over ``num_chunks`` devices: ``ceil(B / N)``
+    rows per chunk and the rest in the last one (64 over 3: 22, 22, 20), fewer chunks when
+    B is small (4 over 3: 2, 2). Identities may be cut. Values are sliced as by
+    :func:`split_batch_by_identity`; the batch size is read from ``batch["pid"]``.
+
+    Args:
+        batch: a collated batch with a ``"pid"`` entry of shape (B,).
+        num_chunks: N >= 1, the number of devices.
+
+    Returns:
+        The chunks, at most N dicts with the batch's keys.
+
+    Raises:
+        ValueError: a value has the wrong length or the batch has no ``"pid"``.
+        TypeError: ``batch`` is not a mapping or ``num_chunks`` not an int.
+
+    Example:
+        >>> import torch
+        >>> batch = {"pid": torch.arange(8)}
+        >>> [len(c["pid"]) for c in split_batch_in_order(batch, 3)]
+        [3, 3, 2]
+    """
+    if not isinstance(batch, Mapping):
+        raise TypeError(
+            f"batch must be a mapping such as {{'img': ..., 'pid': ...}}, got {describe(batch)}"
+        )
+    num_chunks = check_positive_int("num_chunks", num_chunks)
+    if "pid" not in batch:
+        raise ValueError(f"batch has no key 'pid' (keys: {sorted(map(str, batch))})")
+    pids = batch["pid"]
+    batch_size = len(pids)
+    if batch_size == 0:
+        raise ValueError("batch['pid'] must hold at least one sample, got an empty batch")
+    sizes = [len(c) for c in torch.arange(batch_size).chunk(num_chunks)]
+    bounds = [0]
+    for n in sizes:
+        bounds.append(bounds[-1] + n)
     return [
         {key: _slice_value(str(key), v, batch_size, lo, hi) for key, v in batch.items()}
         for lo, hi in pairwise(bounds)

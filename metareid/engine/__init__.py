@@ -3,6 +3,7 @@
 from metareid.engine.build import TrainingComponents, build_components, build_model_from_config
 from metareid.engine.callbacks import Callback
 from metareid.engine.checkpoint import load_checkpoint, save_checkpoint
+from metareid.engine.chunks import BatchOutputs, BatchSplit, DataParallelSplit, IdentitySplit
 from metareid.engine.config import METHODS, PRESETS, TrainConfig, preset_deviations
 from metareid.engine.objective import M3LObjective
 from metareid.engine.protocol import (
@@ -13,6 +14,7 @@ from metareid.engine.protocol import (
     protocol_table,
 )
 from metareid.engine.schedule import warmup_multistep_factor, warmup_multistep_scheduler
+from metareid.engine.step import M3LStep
 from metareid.engine.trainer import (
     EvalResult,
     Trainer,
@@ -26,9 +28,14 @@ from metareid.engine.trainer import (
 __all__ = [
     "METHODS",
     "PRESETS",
+    "BatchOutputs",
+    "BatchSplit",
     "Callback",
+    "DataParallelSplit",
     "EvalResult",
+    "IdentitySplit",
     "M3LObjective",
+    "M3LStep",
     "SplitResults",
     "TrainConfig",
     "TrainResult",

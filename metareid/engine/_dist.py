@@ -3,7 +3,8 @@
 One place decides how a run is split (see docs/distributed.md):
 
 * one process, ``micro_batches=1``: no split (``ranks=None``), today's computation and
-  random streams;
+  random streams (``dataparallel=N``: DataParallel's chunks in this process, see
+  :class:`~metareid.engine.DataParallelSplit`, with the per-chunk streams below);
 * one process, ``micro_batches=N > 1``: ``MicroBatchRanks(N)``;
 * ``torchrun`` with W > 1 processes and ``micro_batches=M``:
   ``ProcessRanks(chunks_per_process=M)`` (M chunks per process, N = W x M).
@@ -16,7 +17,7 @@ at any iteration, continues them, and so that rank ``r`` of N processes draws wh
 ``r`` of N micro-batches draws:
 
 * MetaBN noise of chunk/rank ``r`` at (0-based, global) iteration ``i``: a generator
-  seeded with ``stream_seed(seed, METABN_STREAM, r, i)``;
+  seeded with ``stream_seed(seed, METABN_STREAM, r, i)`` (also DataParallel replica ``r``);
 * the meta-test domain at iteration ``i``: drawn on rank 0 by
   ``torch.randint(num_domains, (1,))`` with a generator seeded with
   ``stream_seed(seed, META_TEST_STREAM, i)`` and broadcast;
@@ -50,6 +51,7 @@ from metareid.distributed import (
     init_distributed,
 )
 from metareid.engine.build import resolve_device
+from metareid.engine.chunks import BatchSplit
 from metareid.engine.config import TrainConfig
 
 META_TEST_STREAM = 1
@@ -93,22 +95,28 @@ class Plumbing:
             return None
         return (self.context.rank, self.context.world_size)
 
-    def metabn_generators(self, seed: int, iteration: int) -> list[torch.Generator] | None:
-        """One generator per local rank for iteration ``iteration`` (``None`` without split)."""
-        if self.ranks is None:
+    def metabn_generators(
+        self, seed: int, iteration: int, split: BatchSplit
+    ) -> list[torch.Generator] | None:
+        """One generator per local chunk of ``split`` for iteration ``iteration``.
+
+        Chunk ``c`` of the whole batch (rank ``c``, micro-batch ``c`` or DataParallel
+        replica ``c``) draws from ``stream_seed(seed, METABN_STREAM, c, iteration)``.
+        ``None`` for a split into one chunk (the layers' own generator).
+        """
+        if split.num_chunks == 1:
             return None
+        first = self.ranks.local_ranks[0] if self.ranks is not None else 0
         return [
-            torch.Generator(self.device).manual_seed(stream_seed(seed, METABN_STREAM, r, iteration))
-            for r in self.ranks.local_ranks
+            torch.Generator(self.device).manual_seed(stream_seed(seed, METABN_STREAM, c, iteration))
+            for c in range(first, first + split.num_local_chunks)
         ]
 
-    def meta_test_domain(self, seed: int, iteration: int, num_domains: int) -> int | None:
-        """The meta-test domain of ``iteration``, the same on every rank (``None`` without split)."""
-        if self.ranks is None:
-            return None
+    def meta_test_domain(self, seed: int, iteration: int, num_domains: int) -> int:
+        """The meta-test domain of ``iteration``, the same on every rank."""
         gen = torch.Generator().manual_seed(stream_seed(seed, META_TEST_STREAM, iteration))
         drawn = int(torch.randint(num_domains, (1,), generator=gen).item())
-        return int(self.ranks.broadcast_object(drawn))
+        return drawn if self.ranks is None else int(self.ranks.broadcast_object(drawn))
 
     def barrier(self) -> None:
         """Wait for every rank (a no-op in one process)."""
@@ -129,6 +137,12 @@ def setup(cfg: TrainConfig) -> Plumbing:
         context = init_distributed(device_type=device_type)
     else:
         context = init_distributed(env={})
+    if context.world_size > 1 and cfg.dataparallel > 1:
+        raise ValueError(
+            f"dataparallel={cfg.dataparallel} computes nn.DataParallel in one process and "
+            f"cannot run under torchrun ({context.world_size} processes); use "
+            "--micro-batches for chunks per process"
+        )
     if context.world_size == 1:
         device = resolve_device(cfg.device)
         context = DistributedContext(0, 1, 0, device, context.backend, True)

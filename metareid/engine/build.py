@@ -21,20 +21,24 @@ from torch import nn
 
 from metareid.data import MultiSourceDataset
 from metareid.distributed import RankGroup
+from metareid.engine.chunks import BatchSplit, DataParallelSplit, IdentitySplit
 from metareid.engine.config import TrainConfig
 from metareid.engine.objective import M3LObjective
 from metareid.engine.schedule import warmup_multistep_scheduler
+from metareid.engine.step import M3LStep
 from metareid.layers.metabn import MetaBN
 from metareid.losses.memory_id import MemoryIDLoss
 from metareid.losses.triplet import HardTripletLoss
 from metareid.memory.bank import MemoryBank
-from metareid.meta.learner import GradTransform, MetaLearner, OuterGradTransform
+from metareid.meta.learner import MetaLearner
 from metareid.models import ReIDModel, build_model
 
 __all__ = [
     "TrainingComponents",
     "build_components",
     "build_model_from_config",
+    "build_split",
+    "optimizer_groups",
     "resolve_device",
     "seed_everything",
 ]
@@ -102,6 +106,10 @@ def build_model_from_config(cfg: TrainConfig, sources: MultiSourceDataset) -> Re
         cfg.arch,
         pretrained=pretrained,
         last_stride=cfg.last_stride,
+        stem_relu=cfg.stem_relu,
+        load_running_stats=cfg.load_running_stats,
+        freeze_neck_bias=cfg.freeze_neck_bias,
+        ibn_init=cfg.ibn_init if cfg.arch == "ibn_resnet50a" else "ibn_net",
         num_classes=num_classes,
         sample_scale=cfg.metabn_scale,
         share_lambda=cfg.share_lambda,
@@ -124,7 +132,10 @@ class TrainingComponents:
     Attributes:
         memories: one :class:`~metareid.MemoryBank` per source domain (empty unless
             ``id_loss="memory"``), on the model's device.
-        objective: the losses, phase handling and memory updates of one iteration.
+        objective: the losses of one domain batch.
+        split: how a batch is cut into chunks and combined (whole batch, identity chunks
+            over ranks or micro-batches, or ``nn.DataParallel``'s chunks).
+        step: one training iteration (objective, split, meta step, memory updates).
         optimizer: Adam over the trainable parameters.
         scheduler: the warm-up and step decay, stepped once per epoch.
         learner: the meta step (``None`` for ``method="baseline"``).
@@ -133,10 +144,64 @@ class TrainingComponents:
 
     memories: nn.ModuleList
     objective: M3LObjective
+    split: BatchSplit
+    step: M3LStep
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     learner: MetaLearner | None
     meta_generator: torch.Generator
+
+
+def build_split(cfg: TrainConfig, ranks: RankGroup | None = None) -> BatchSplit:
+    """The :class:`~metareid.engine.BatchSplit` of ``cfg``: DataParallel's chunks for
+    ``dataparallel > 1``, else identity chunks over ``ranks`` (``None``: whole batches).
+
+    Example:
+        >>> build_split(TrainConfig(dataparallel=3))
+        DataParallelSplit(num_devices=3)
+    """
+    if cfg.dataparallel > 1:
+        if ranks is not None:
+            raise ValueError(
+                f"dataparallel={cfg.dataparallel} computes nn.DataParallel in one process; it "
+                f"cannot be combined with ranks ({ranks!r}): use micro_batches or torchrun"
+            )
+        return DataParallelSplit(cfg.dataparallel)
+    return IdentitySplit(ranks, local_batches=ranks is not None)
+
+
+def optimizer_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The trainable parameters in Adam parameter groups, as ``weight_decay_scope`` says.
+
+    ``"all"``: one group, every trainable parameter decays (the paper and the published
+    code, ``main.py:186-188``; the published code's one group per parameter is the same
+    Adam). ``"no_norm_bias"``: parameters of normalisation layers and biases in a second
+    group without weight decay.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        >>> [len(g["params"]) for g in optimizer_groups(model, TrainConfig())]
+        [4]
+        >>> groups = optimizer_groups(model, TrainConfig(weight_decay_scope="no_norm_bias"))
+        >>> [(len(g["params"]), g["weight_decay"]) for g in groups]
+        [(1, 0.0005), (3, 0.0)]
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.weight_decay_scope == "all":
+        return [{"params": params, "weight_decay": cfg.weight_decay}]
+    exempt: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
+                exempt.add(id(p))
+            elif name == "bias":
+                exempt.add(id(p))
+    decay = [p for p in params if id(p) not in exempt]
+    free = [p for p in params if id(p) in exempt]
+    return [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": free, "weight_decay": 0.0},
+    ]
 
 
 def build_components(
@@ -149,11 +214,8 @@ def build_components(
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     grad_scaler: torch.amp.GradScaler | None = None,
     ranks: RankGroup | None = None,
-    local_batches: bool = False,
-    grad_transform: GradTransform | None = None,
-    outer_grad_transform: OuterGradTransform | None = None,
 ) -> TrainingComponents:
-    """Memories, objective, optimiser, schedule and learner of ``cfg`` around ``model``.
+    """Memories, objective, split, step, optimiser, schedule and learner of ``cfg``.
 
     Args:
         cfg: the run's settings.
@@ -161,16 +223,12 @@ def build_components(
         sources: the source domains, in domain order.
         feat_dim: the dimension D of the model's features (the memories' width).
         device: where the memories live.
-        autocast: the context of the training forwards (see :class:`M3LObjective`).
+        autocast: the context of the training forwards (see :class:`M3LStep`).
         grad_scaler: for ``amp="fp16"``.
-        ranks: the :class:`~metareid.distributed.RankGroup` the batches are split across,
-            or ``None`` (default: whole batches, the plain computation).
-        local_batches: with ``ranks``, every process's batches hold only its own
-            identities (see :class:`M3LObjective`). Default ``False``.
-        grad_transform: passed to :class:`~metareid.MetaLearner` (the differentiable
-            all-reduce of the meta-train gradient under ``torchrun``).
-        outer_grad_transform: passed to :class:`~metareid.MetaLearner` (the all-reduce of
-            the outer gradient under ``torchrun``).
+        ranks: the :class:`~metareid.distributed.RankGroup` the batches are split across
+            by identity (each process's batches hold its own identities), or ``None``
+            (default: whole batches, or ``dataparallel`` chunks). Under ``torchrun`` the
+            learner gets the split's gradient hooks.
 
     Returns:
         The components.
@@ -185,8 +243,8 @@ def build_components(
         >>> model = build_model_from_config(cfg, srcs)
         >>> parts = build_components(cfg, model, srcs, feat_dim=model.feat_dim,
         ...                          device=torch.device("cpu"))
-        >>> len(parts.memories), parts.learner is not None
-        (2, True)
+        >>> len(parts.memories), parts.learner is not None, parts.split
+        (2, True, IdentitySplit(ranks=None, local_batches=False))
     """
     memories = nn.ModuleList(
         MemoryBank(n, feat_dim, momentum=cfg.memory_momentum, update=cfg.memory_update)
@@ -199,15 +257,13 @@ def build_components(
         triplet=cfg.triplet,
         memory_loss=MemoryIDLoss(temperature=cfg.temperature),
         triplet_loss=HardTripletLoss(margin=cfg.margin),
-        metabn=cfg.method == "m3l",
-        memory_update_timing=cfg.memory_update_timing,
         pid_offsets=list(sources.pid_offsets),
-        autocast=autocast,
-        ranks=ranks,
-        local_batches=local_batches,
     )
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    split = build_split(cfg, ranks)
+    step = M3LStep(
+        objective, split, memory_update_timing=cfg.memory_update_timing, autocast=autocast
+    )
+    optimizer = torch.optim.Adam(optimizer_groups(model, cfg), lr=cfg.lr)
     scheduler = warmup_multistep_scheduler(
         optimizer, cfg.warmup_epochs, cfg.warmup_factor, cfg.milestones, cfg.gamma
     )
@@ -221,11 +277,13 @@ def build_components(
             inner_state=cfg.inner_state,
             inner_eps=cfg.inner_eps,
             inner_eps_root=cfg.inner_eps_root,
-            first_order=cfg.first_order,
+            meta_test_grad=cfg.meta_test_grad,
+            meta_test_bn_stats=cfg.meta_test_bn_stats,
             backend=cfg.backend,
             generator=meta_generator,
             grad_scaler=grad_scaler,
-            grad_transform=grad_transform,
-            outer_grad_transform=outer_grad_transform,
+            **split.learner_hooks(),
         )
-    return TrainingComponents(memories, objective, optimizer, scheduler, learner, meta_generator)
+    return TrainingComponents(
+        memories, objective, split, step, optimizer, scheduler, learner, meta_generator
+    )

@@ -167,12 +167,12 @@ class DivergenceWatch(Callback):
         best, last = min(self.history[:-2]), self.history[-1]
         hint = "lower --lr"
         fresh_adam = cfg.inner_state == "fresh" and cfg.inner_optimizer == "adam"
-        if cfg.method != "baseline" and not cfg.first_order and fresh_adam:
+        if cfg.method != "baseline" and cfg.meta_test_grad != "first_order" and fresh_adam:
             hint = (
                 "the exact second-order step through a fresh Adam inner step can do this, "
                 "above all with --inner-eps-root 0 (docs/meta_learner.md, 'Stability of "
                 f"the second-order step'; now inner_eps_root={cfg.inner_eps_root:g}); try "
-                "--inner-eps-root 1e-5, --inner-state continue or --first-order"
+                "--inner-eps-root 1e-5, --inner-state continue or --meta-test-grad first_order"
             )
         message = (
             f"the epoch-mean {key} grew from {best:.3f} to {last:.3f} and stayed above "

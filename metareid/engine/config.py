@@ -12,15 +12,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-__all__ = ["METHODS", "PRESETS", "TrainConfig", "preset_deviations"]
+__all__ = ["METHODS", "PRESETS", "RENAMED_KEYS", "TrainConfig", "preset_deviations"]
 
 METHODS = ("baseline", "meta", "m3l")
 ID_LOSSES = ("memory", "fc_global", "fc_domain", "none")
 
-#: The paper-versus-published-code switches, set together by ``preset``. Values follow
-#: ``shared/reference/official-code-notes.md``; the paper column is the method as written
-#: (where the paper is silent, e.g. on whether the mixtures share one lambda, the value is
-#: metareid's reading of the text: see docs/training.md, "Presets").
+#: The paper-versus-published-code switches, set together by ``preset``. The published
+#: values are read from the authors' code (``HeliosZhao/M3L``; file and line of each in
+#: docs/training.md, "Presets"); the paper column is the method as written, and where the
+#: paper is silent (e.g. whether the mixtures share one lambda) the value is metareid's
+#: reading of the text, marked as such in docs/training.md.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "memory_update": "mean",
@@ -30,7 +31,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "inner_optimizer": "adam",
         "inner_state": "fresh",
         "inner_eps_root": 0.0,
-        "first_order": False,
+        "meta_test_grad": "full",
+        "meta_test_bn_stats": "frozen",
+        "stem_relu": True,
+        "load_running_stats": True,
+        "freeze_neck_bias": True,
+        "weight_decay_scope": "all",
+        "ibn_init": "ibn_net",
+        "sampler": "balanced",
+        "dataparallel": 1,
     },
     "published": {
         "memory_update": "sequential",
@@ -40,9 +49,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         "inner_optimizer": "adam",
         "inner_state": "fresh",
         "inner_eps_root": 1e-5,
-        "first_order": False,
+        "meta_test_grad": "second_order_only",
+        "meta_test_bn_stats": "update",
+        "stem_relu": False,
+        "load_running_stats": False,
+        "freeze_neck_bias": False,
+        "weight_decay_scope": "all",
+        "ibn_init": "torchvision",
+        "sampler": "published",
+        "dataparallel": 3,
+        "eval_every": 1,
     },
 }
+
+#: Keys of earlier versions and how they map to today's (see :meth:`TrainConfig.from_dict`).
+RENAMED_KEYS = {"first_order": ("meta_test_grad", {True: "first_order", False: "full"})}
 
 
 @dataclass
@@ -53,16 +74,23 @@ class TrainConfig:
     sources together, no meta-learning, no MetaBN; ``"meta"`` = meta-learning without
     MetaBN; ``"m3l"`` = full method), ``id_loss`` and ``triplet`` (Table 4: memory only,
     triplet only, both; Table 5: ``"fc_global"``/``"fc_domain"`` classifiers instead of the
-    memory), ``sources`` (Table 6). Paper-vs-code switches: ``memory_update``
-    (``"mean"`` paper / ``"sequential"`` code), ``metabn_scale`` (``"std"`` paper / ``"var"``
-    code), ``memory_update_timing`` (``"step"``: with the features of the step, paper;
-    ``"after"``: an extra no-grad forward of all source batches after the outer step, code).
+    memory), ``sources`` (Table 6). Every place where the authors' published code differs
+    from the paper is a switch (the keys of :data:`PRESETS`, each with its source line in
+    docs/training.md, "Presets"): the memory update (``memory_update``,
+    ``memory_update_timing``), MetaBN (``metabn_scale``, ``share_lambda``), the inner step
+    (``inner_optimizer``, ``inner_state``, ``inner_eps_root``), the meta-gradient
+    (``meta_test_grad``) and the meta-test's BatchNorm statistics
+    (``meta_test_bn_stats``), the model (``stem_relu``, ``load_running_stats``,
+    ``freeze_neck_bias``, ``ibn_init``), the optimiser (``weight_decay_scope``), the
+    sampler (``sampler``), the three GPUs of ``nn.DataParallel`` (``dataparallel``) and the
+    evaluation after every epoch (``eval_every``).
 
-    ``preset`` (``"paper"`` / ``"published"``) sets all of these switches, and the inner
-    step's, at once (see :data:`PRESETS`) when a config is built with :meth:`from_dict`,
-    :meth:`from_file` or :meth:`from_args`; keys or flags given explicitly override it.
-    The constructor records ``preset`` but applies nothing;
-    :func:`preset_deviations` lists where a config departs from its preset.
+    ``preset`` (``"paper"`` / ``"published"``) sets all of these switches at once (see
+    :data:`PRESETS`) when a config is built with :meth:`from_dict`, :meth:`from_file` or
+    :meth:`from_args`; keys or flags given explicitly override it. The constructor
+    records ``preset`` but applies nothing; :func:`preset_deviations` lists where a config
+    departs from its preset. ``first_order`` (earlier versions) is read as
+    ``meta_test_grad`` (:data:`RENAMED_KEYS`).
 
     Numerics: ``amp="off"`` (default) trains, initialises memories and extracts features
     in float32, as the paper's numbers were obtained; ``"bf16"`` autocasts to bfloat16,
@@ -73,6 +101,8 @@ class TrainConfig:
     statistics, exactly as N ``torchrun`` ranks compute them (docs/distributed.md);
     ``1`` (default) is the whole-batch computation. N must divide ``num_identities``.
     Under ``torchrun`` with W processes it is per process: W x N chunks in all.
+    ``dataparallel=N`` instead computes in one process what ``nn.DataParallel`` over N
+    GPUs computes (:class:`~metareid.engine.DataParallelSplit`), as the published code ran.
 
     Dataset specs are registry names with optional ``:options`` (see
     :mod:`metareid.data.specs`): ``market1501``, ``dukemtmc``, ``cuhk03np``
@@ -102,6 +132,13 @@ class TrainConfig:
     num_instances: int = 4
     workers: int = 4
     random_erasing: float = 0.0
+    sampler: Literal["balanced", "published"] = field(
+        default="balanced",
+        metadata={
+            "help": "batch sampling rules: balanced (metareid), or published (the authors' "
+            "RandomMultipleGallerySampler)"
+        },
+    )
     protocol: Literal["custom", "m3l", "p1", "p2", "p3"] = field(
         default="custom",
         metadata={"help": "preset of sources and targets: m3l, p1, p2, p3 (with --target)"},
@@ -114,6 +151,26 @@ class TrainConfig:
     arch: str = "resnet50"
     pretrained: str = "imagenet"  # "imagenet", "none", or a path / URL to a weights file
     last_stride: int = 1
+    stem_relu: bool = field(
+        default=True, metadata={"help": "ReLU after the stem BN (the published code has none)"}
+    )
+    load_running_stats: bool = field(
+        default=True,
+        metadata={
+            "help": "load BN running statistics with the pretrained weights (the published "
+            "code copies parameters only: running stats start at 0 and 1)"
+        },
+    )
+    freeze_neck_bias: bool = field(
+        default=True, metadata={"help": "freeze the BNNeck bias (the published code trains it)"}
+    )
+    ibn_init: Literal["ibn_net", "torchvision", "torchvision_split"] = field(
+        default="ibn_net",
+        metadata={
+            "help": "what ibn_resnet50a's pretrained weights are: the IBN-Net release, or "
+            "torchvision's ResNet-50 (the published code; IBN layers start at 1/0)"
+        },
+    )
     # method
     method: Literal["baseline", "meta", "m3l"] = "m3l"
     id_loss: Literal["memory", "fc_global", "fc_domain", "none"] = "memory"
@@ -137,11 +194,31 @@ class TrainConfig:
             "step; 1e-5 = the published code's step, 0 = torch.optim.Adam's"
         },
     )
-    first_order: bool = False
+    meta_test_grad: Literal["full", "first_order", "second_order_only"] = field(
+        default="full",
+        metadata={
+            "help": "meta-test gradient: full (paper), first_order, second_order_only "
+            "(the published code)"
+        },
+    )
+    meta_test_bn_stats: Literal["frozen", "update"] = field(
+        default="frozen",
+        metadata={
+            "help": "whether the meta-test forward moves the BN running statistics "
+            "(update: the published code)"
+        },
+    )
     backend: Literal["higher", "func"] = "higher"
     # optimisation
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
+    weight_decay_scope: Literal["all", "no_norm_bias"] = field(
+        default="all",
+        metadata={
+            "help": "parameters that weight decay applies to: all (paper and published "
+            "code), or no_norm_bias (not normalisation layers nor biases)"
+        },
+    )
     epochs: int = 60
     iters_per_epoch: int = 200
     warmup_epochs: int = 10
@@ -157,6 +234,13 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: Literal["off", "bf16", "fp16"] = "off"
+    dataparallel: int = field(
+        default=1,
+        metadata={
+            "help": "compute in one process what nn.DataParallel over N GPUs computes, "
+            "quirks included (the published code ran 3); 1 = whole batches"
+        },
+    )
     micro_batches: int = field(
         default=1,
         metadata={
@@ -205,6 +289,15 @@ class TrainConfig:
         mb = self.micro_batches
         if isinstance(mb, bool) or not isinstance(mb, int) or mb < 1:
             raise ValueError(f"micro_batches must be an int >= 1, got {mb!r}")
+        dp = self.dataparallel
+        if isinstance(dp, bool) or not isinstance(dp, int) or dp < 1:
+            raise ValueError(f"dataparallel must be an int >= 1, got {dp!r}")
+        if dp > 1 and mb > 1:
+            raise ValueError(
+                f"dataparallel={dp} (nn.DataParallel's batch-order chunks) and "
+                f"micro_batches={mb} (identity chunks) are two ways to split a batch; set one "
+                "of them to 1"
+            )
         if self.num_identities % mb:
             raise ValueError(
                 f"micro_batches={mb} must divide num_identities={self.num_identities}, so "
@@ -278,6 +371,7 @@ class TrainConfig:
             >>> cfg.memory_update, cfg.metabn_scale, preset_deviations(cfg)
             ('sequential', 'std', {'metabn_scale': ('var', 'std')})
         """
+        data = _migrate(data)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -359,6 +453,30 @@ class TrainConfig:
             if value is not None:
                 data[f.name] = value
         return cls.from_dict(data)
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the keys of earlier versions renamed (:data:`RENAMED_KEYS`).
+
+    Raises:
+        ValueError: an old key and its new name are both given and disagree.
+    """
+    if not any(old in data for old in RENAMED_KEYS):
+        return data
+    data = dict(data)
+    for old, (new, values) in RENAMED_KEYS.items():
+        if old not in data:
+            continue
+        value = data.pop(old)
+        if value not in values:
+            raise ValueError(f"{old} (now {new}) must be one of {list(values)}, got {value!r}")
+        if new in data and data[new] != values[value]:
+            raise ValueError(
+                f"{old}={value!r} (an earlier name of {new}={values[value]!r}) contradicts "
+                f"{new}={data[new]!r}; give {new} only"
+            )
+        data[new] = values[value]
+    return data
 
 
 def preset_deviations(cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:

@@ -208,13 +208,6 @@ class Trainer:
         # Model, memories, objective, optimiser, schedule, learner (engine/build.py).
         self.model = build_model_from_config(cfg, self.sources).to(self.device)
         _dist.broadcast_module_(self.model, plumbing)
-        ranks = plumbing.ranks
-        hooks: dict[str, Any] = {}
-        if plumbing.processes:
-            assert ranks is not None
-            hooks = dict(
-                grad_transform=ranks.all_reduce_mean, outer_grad_transform=ranks.all_reduce_grads_
-            )
         parts = build_components(
             cfg,
             self.model,
@@ -223,12 +216,12 @@ class Trainer:
             device=self.device,
             autocast=self._autocast,
             grad_scaler=self.grad_scaler,
-            ranks=ranks,
-            local_batches=ranks is not None,
-            **hooks,
+            ranks=plumbing.ranks,
         )
         self.memories = parts.memories
         self.objective = parts.objective
+        self.split = parts.split
+        self.step = parts.step
         self.optimizer = parts.optimizer
         self.scheduler = parts.scheduler
         self.meta_generator = parts.meta_generator
@@ -358,6 +351,7 @@ class Trainer:
                 pin_memory=self.device.type == "cuda",
                 seed=(cfg.seed, domain, self.epoch),
                 identity_chunk=self.plumbing.identity_chunk,
+                sampler=cfg.sampler,
             )
             for domain, records in enumerate(self.sources.per_domain_train)
         ]
@@ -465,14 +459,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ one iteration
     def _iteration(self, batches: list[dict[str, Any]]) -> dict[str, float]:
-        plumbing = self.plumbing
-        if plumbing.ranks is None:  # one process, whole batches: the original streams
-            out = self.objective.step(
-                self.model, batches, self.optimizer, self.learner, self.grad_scaler
-            )
+        plumbing, cfg = self.plumbing, self.cfg
+        if self.split.num_chunks == 1:  # one process, whole batches: the original streams
+            out = self.step(self.model, batches, self.optimizer, self.learner, self.grad_scaler)
         else:
-            seed, it = self.cfg.seed, self.iteration
-            out = self.objective.step(
+            seed, it = cfg.seed, self.iteration
+            out = self.step(
                 self.model,
                 batches,
                 self.optimizer,
@@ -481,7 +473,9 @@ class Trainer:
                 meta_test=None
                 if self.learner is None
                 else plumbing.meta_test_domain(seed, it, len(batches)),
-                generators=plumbing.metabn_generators(seed, it) if self.objective.metabn else None,
+                generators=plumbing.metabn_generators(seed, it, self.split)
+                if cfg.method == "m3l"
+                else None,
             )
         for k, v in out.items():
             self._parts.setdefault(k, []).append(v)

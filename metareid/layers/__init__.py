@@ -1,5 +1,6 @@
-"""Layers of M3L: MetaBN (Eqs. 5-7) and the context managers that set its phase and slot."""
+"""Layers of M3L: MetaBN (Eqs. 5-7), the context manager that sets its phase, and the
+count of the mixtures a model returns."""
 
-from metareid.layers.metabn import MetaBN, metabn_phase, metabn_stats_slot
+from metareid.layers.metabn import MetaBN, metabn_phase, mixture_count
 
-__all__ = ["MetaBN", "metabn_phase", "metabn_stats_slot"]
+__all__ = ["MetaBN", "metabn_phase", "mixture_count"]

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from metareid._validation import check_choice, check_positive_finite
 from metareid.functional.metabn import SAMPLE_SCALES, metabn_mix
 
-__all__ = ["PHASES", "MetaBN", "metabn_phase", "metabn_stats_slot"]
+__all__ = ["PHASES", "MetaBN", "metabn_phase", "mixture_count"]
 
 #: Accepted values of :attr:`MetaBN.phase`.
 PHASES = ("normal", "meta_train", "meta_test")
@@ -38,7 +38,12 @@ class MetaBN(nn.BatchNorm1d):
       recorded statistics.
 
     Recorded statistics accumulate until :meth:`clear_stats` is called (at the start of every
-    meta-learning iteration). Phases are usually set with :func:`metabn_phase`.
+    meta-learning iteration). Phases are usually set with :func:`metabn_phase`;
+    :func:`mixture_count` tells a loss how many rows per sample a model returns now.
+
+    Code that runs one batch in several chunks (:mod:`metareid.engine.chunks`) reads and
+    replaces :attr:`domain_stats` and :attr:`generator` around each chunk's forward; the
+    layer itself knows nothing of chunks or ranks.
 
     Args:
         num_features: C, the number of channels.
@@ -60,9 +65,8 @@ class MetaBN(nn.BatchNorm1d):
         dtype: dtype of the parameters and buffers.
 
     Attributes:
-        domain_stats: recorded ``(mean, var)`` pairs in call order.
-        stats_slots: one recorded list per micro-batch, used through
-            :func:`metabn_stats_slot` (empty unless micro-batches are used).
+        domain_stats: recorded ``(mean, var)`` pairs in call order; in ``"meta_test"`` the
+            layer mixes with every entry. A list that may be read and replaced.
         generator: the random generator used in ``"meta_test"``.
         sample_scale: see above.
         share_lambda: see above.
@@ -112,7 +116,6 @@ class MetaBN(nn.BatchNorm1d):
         self.share_lambda = share_lambda
         self.generator = generator
         self.domain_stats = []
-        self.stats_slots: dict[int, list[tuple[Tensor, Tensor]]] = {}
         self._phase = "normal"
 
     @property
@@ -184,8 +187,7 @@ class MetaBN(nn.BatchNorm1d):
         """Forget the recorded meta-train statistics, in place.
 
         The list is emptied rather than replaced, so copies of this module made by
-        ``higher``'s monkeypatching, which share the list, see the change too. The lists
-        of :attr:`stats_slots` are emptied the same way.
+        ``higher``'s monkeypatching, which share the list, see the change too.
 
         Example:
             >>> import torch
@@ -200,8 +202,6 @@ class MetaBN(nn.BatchNorm1d):
             0
         """
         self.domain_stats.clear()
-        for recorded in getattr(self, "stats_slots", {}).values():
-            recorded.clear()
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() != 2 or input.shape[1] != self.num_features:
@@ -300,69 +300,52 @@ def metabn_phase(module: nn.Module, phase: str) -> Iterator[nn.Module]:
             layer.phase = old
 
 
-@contextmanager
-def metabn_stats_slot(
-    module: nn.Module, slot: int, generator: torch.Generator | None = None
-) -> Iterator[nn.Module]:
-    """Let every :class:`MetaBN` in ``module`` record and mix micro-batch ``slot``'s statistics.
+def mixture_count(module: nn.Module) -> int:
+    """How many rows per sample ``module`` returns now: its MetaBN mixtures, or 1.
 
-    With ``--micro-batches N`` one process computes the N chunks of a batch one after the
-    other, and each chunk must behave as if it ran on its own rank: its meta-train
-    forwards record the statistics of that chunk only, and its meta-test forward mixes
-    with those. Inside the block, each layer's :attr:`~MetaBN.domain_stats` is the list
-    ``stats_slots[slot]`` (created empty on first use), and, when ``generator`` is given,
-    its :attr:`~MetaBN.generator` is ``generator`` (chunk ``slot``'s noise stream). On exit,
-    also by an exception, each layer gets its own list and generator back.
-
-    The slot lists live in the layer's :attr:`~MetaBN.stats_slots` dict, which ``higher``'s
-    patched copies share with the original (they copy the attributes, not the objects), so
-    a slot recorded on the model during meta-train is seen by the patched copy during
-    meta-test; :meth:`MetaBN.clear_stats` empties every slot.
+    In train mode, a :class:`MetaBN` in phase ``"meta_test"`` returns one mixture per
+    recorded meta-train domain (``k * B`` rows for ``B`` samples, mixture ``i`` in rows
+    ``i * B`` to ``(i + 1) * B``); in every other phase, and in eval mode, it returns one row
+    per sample. A loss function uses this to repeat its labels (``labels.repeat(k)``)
+    instead of guessing ``k`` from the number of domains or from tensor shapes. A module
+    without MetaBN returns 1.
 
     Args:
-        module: the model (or its patched copy), or a MetaBN.
-        slot: the micro-batch (rank) index, an int >= 0.
-        generator: the random generator of this chunk's meta-test draws, or ``None``
-            (default) to keep each layer's own.
+        module: the model (or its ``higher``-patched copy), or a MetaBN.
 
-    Yields:
-        ``module``.
+    Returns:
+        ``k``: 1 unless a layer mixes (``k`` may be 1 for a mixing layer with one recorded
+        domain: whether the features are mixtures is told by the phase, see
+        :class:`metareid.Phase`; 0 before any meta-train forward, when the layer's forward
+        raises).
 
     Raises:
-        TypeError: ``module`` is not a module, ``slot`` is not an int, or ``generator``
-            not a ``torch.Generator`` (nothing is changed).
-        ValueError: ``slot`` is negative (nothing is changed).
+        RuntimeError: several mixing MetaBN layers hold different numbers of recorded
+            domains.
 
     Example:
         >>> import torch
-        >>> from metareid.layers import MetaBN, metabn_phase, metabn_stats_slot
-        >>> bn = MetaBN(3)
-        >>> with metabn_phase(bn, "meta_train"):
-        ...     for slot in (0, 1):
-        ...         with metabn_stats_slot(bn, slot):
-        ...             _ = bn(torch.randn(4, 3))
-        >>> len(bn.domain_stats), [len(v) for v in bn.stats_slots.values()]
-        (0, [1, 1])
+        >>> from metareid.layers import MetaBN, metabn_phase, mixture_count
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), MetaBN(4))
+        >>> with metabn_phase(model, "meta_train"):
+        ...     _ = model(torch.randn(8, 4)); _ = model(torch.randn(8, 4))
+        >>> with metabn_phase(model, "meta_test"):
+        ...     mixture_count(model), model(torch.randn(8, 4)).shape
+        (2, torch.Size([16, 4]))
+        >>> mixture_count(model.eval())
+        1
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    if isinstance(slot, bool) or not isinstance(slot, int):
-        raise TypeError(f"slot must be an int >= 0, got {slot!r}")
-    if slot < 0:
-        raise ValueError(f"slot must be an int >= 0, got {slot}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
-    layers = [m for m in module.modules() if isinstance(m, MetaBN)]
-    previous = [(layer.domain_stats, layer.generator) for layer in layers]
-    try:
-        for layer in layers:
-            if not hasattr(layer, "stats_slots"):
-                layer.stats_slots = {}
-            layer.domain_stats = layer.stats_slots.setdefault(slot, [])
-            if generator is not None:
-                layer.generator = generator
-        yield module
-    finally:
-        for layer, (stats, gen) in zip(layers, previous, strict=True):
-            layer.domain_stats = stats
-            layer.generator = gen
+    counts = {
+        len(m.domain_stats)
+        for m in module.modules()
+        if isinstance(m, MetaBN) and m.training and m.phase == "meta_test"
+    }
+    if len(counts) > 1:
+        raise RuntimeError(
+            f"the MetaBN layers in phase 'meta_test' hold different numbers of recorded "
+            f"meta-train domains {sorted(counts)}; every layer must see the same meta-train "
+            "forwards"
+        )
+    return counts.pop() if counts else 1

@@ -11,6 +11,12 @@ Two backends compute the same thing:
   path is reconnected by the caller.
 * ``func``: the inner step with :mod:`metareid.functional.optim` and the meta-test on the
   model itself, re-parametrised with ``torch.func.functional_call``.
+
+Both take the meta-gradient ``mode`` of :class:`metareid.MetaLearner` (``meta_test_grad``):
+``"full"`` keeps ``Theta`` in the graph of ``Theta'``; ``"second_order_only"`` builds
+``Theta'`` from a detached copy of ``Theta`` (the published code's ``copyModel``), so that the
+meta-test reaches ``Theta`` only through the meta-train gradient; ``"first_order"`` records no
+graph for the update (the caller reconnects ``Theta`` with an identity Jacobian).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from metareid.meta.phase import Phase
 
 InnerStep = tuple[tuple[Tensor | None, ...], list[Tensor]]
 """``(raw gradients, Theta')`` of one inner step."""
+MODES = ("full", "first_order", "second_order_only")
+"""Accepted values of ``mode`` (``MetaLearner(meta_test_grad=...)``)."""
 GradTransform = Callable[[list[Tensor | None]], list[Tensor | None]]
 """Maps the meta-train gradients to the ones the inner step uses (differentiably)."""
 
@@ -59,7 +67,7 @@ def func_inner_step(
     params: list[Tensor],
     inner: list[InnerParam],
     optimizer: str,
-    first_order: bool,
+    mode: str,
     grad_transform: GradTransform | None = None,
     transformed_out: list[list[Tensor | None]] | None = None,
 ) -> InnerStep:
@@ -67,8 +75,9 @@ def func_inner_step(
 
     Returns the raw gradients of ``loss`` (for ``.grad``) and ``Theta'``, computed from the
     gradients mapped by ``grad_transform`` (identity when ``None``); the mapped gradients
-    are appended to ``transformed_out`` when given.
+    are appended to ``transformed_out`` when given. ``mode`` is one of :data:`MODES`.
     """
+    first_order = mode == "first_order"
     grads = torch.autograd.grad(loss, params, create_graph=not first_order, allow_unused=True)
     used: list[Tensor | None] = list(grads)
     if grad_transform is not None:
@@ -77,7 +86,7 @@ def func_inner_step(
         transformed_out.append(list(used))
     if first_order:
         used = [None if g is None else g.detach() for g in used]
-    base = [p.detach() for p in params] if first_order else params
+    base = [p.detach() for p in params] if mode != "full" else params
     fast = list(base)
     sel = [ip for ip in inner if used[ip.index] is not None]
     ps = [base[ip.index] for ip in sel]
@@ -130,20 +139,31 @@ def func_meta_test(
     loss_fn: Callable[..., Any],
     batch: Any,
     domain: int,
+    keep_buffers: bool = False,
 ) -> Any:
-    """``loss_fn``'s meta-test output with ``model`` at ``Theta'`` and cloned buffers."""
+    """``loss_fn``'s meta-test output with ``model`` at ``Theta'`` and cloned buffers.
+
+    With ``keep_buffers`` the model's buffers are replaced by the clones afterwards, so
+    that what the meta-test forward did to them (BatchNorm running statistics) stays.
+    """
     name_of = {id(p): name for name, p in model.named_parameters()}
     state: dict[str, Tensor] = {}
     for p, f in zip(params, fast, strict=True):
         if f is not p:
             state["model." + name_of[id(p)]] = f
+    clones: dict[str, Tensor] = {}
     for name, b in model.named_buffers():
-        state["model." + name] = b.clone()  # running stats of the copy absorb the update
+        clones[name] = state["model." + name] = b.clone()  # the copy's running statistics
     call = _LossCall(model, loss_fn)
     with metabn_phase(model, "meta_test"):
-        return torch.func.functional_call(
+        out = torch.func.functional_call(
             call, state, (batch, domain, Phase.META_TEST), tie_weights=True, strict=False
         )
+    if keep_buffers:
+        for name, clone in clones.items():
+            owner, _, leaf = name.rpartition(".")
+            model.get_submodule(owner)._buffers[leaf] = clone
+    return out
 
 
 # ---------------------------------------------------------------------------- higher
@@ -171,14 +191,16 @@ def higher_inner_step(
     params: list[Tensor],
     inner: list[InnerParam],
     optimizer: str,
-    first_order: bool,
+    mode: str,
     grad_transform: GradTransform | None = None,
     transformed_out: list[list[Tensor | None]] | None = None,
 ) -> InnerStep:
     """Gradient of ``loss`` and ``Theta'`` with ``higher``'s differentiable optimisers.
 
     The gradients mapped by ``grad_transform`` are appended to ``transformed_out`` when
-    given.
+    given. ``mode`` is one of :data:`MODES`. For ``"second_order_only"`` the differentiable
+    optimiser steps detached leaf copies of the parameters (the published ``copyModel``)
+    with the meta-train gradient taken here, with graph, at the parameters themselves.
 
     One param group per parameter, so that each gets its own eps correction: ``higher``
     computes ``lr * sqrt(bc2) / bc1 * m / (sqrt(v) + eps)`` while ``torch.optim.Adam``
@@ -191,10 +213,16 @@ def higher_inner_step(
     ``higher``'s own update ``beta2 * v0 + (1 - beta2) * g^2``, so that
     ``sqrt(v_new) / sqrt(bc2) = sqrt(v / bc2 + eps_root)``. This needs ``beta2 > 0``.
     """
+    first_order = mode == "first_order"
     by_index = {ip.index: ip for ip in inner}
+    own_grads: tuple[Tensor | None, ...] | None = None
+    targets = params
+    if mode == "second_order_only":
+        own_grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        targets = [p.detach().requires_grad_() for p in params]
     groups: list[dict[str, Any]] = []
     state: dict[Tensor, dict[str, Any]] = {}
-    for i, p in enumerate(params):
+    for i, p in enumerate(targets):
         ip = by_index.get(i)
         group: dict[str, Any] = {"params": _NoDeepCopyList([p])}
         if optimizer == "sgd":
@@ -236,11 +264,13 @@ def higher_inner_step(
         groups.append(group)
     view = _OptimizerView(groups, state)
     cls = higher.optim.DifferentiableSGD if optimizer == "sgd" else higher.optim.DifferentiableAdam
-    diffopt = cls(view, params, track_higher_grads=not first_order)
+    diffopt = cls(view, targets, track_higher_grads=not first_order)
 
     captured: list[tuple[Tensor | None, ...]] = []
 
     def keep_inner(grads: Sequence[Tensor | None]) -> list[Tensor | None]:
+        if own_grads is not None:  # higher differentiated w.r.t. the copies: nothing
+            grads = own_grads
         captured.append(tuple(grads))
         used = list(grads) if grad_transform is None else list(grad_transform(list(grads)))
         if transformed_out is not None:
@@ -251,7 +281,7 @@ def higher_inner_step(
     # First order: the update is a constant, so it is computed without recording a graph
     # (otherwise every Adam intermediate stays alive until the step returns).
     with torch.no_grad() if first_order else contextlib.nullcontext():
-        new = diffopt.step(loss, params=params, grad_callback=keep_inner)
+        new = diffopt.step(loss, params=targets, grad_callback=keep_inner)
     fast = list(new)
     if first_order:  # higher returns detached leaves; unchanged ones become the originals
         fast = [
@@ -268,8 +298,12 @@ def higher_meta_test(
     loss_fn: Callable[..., Any],
     batch: Any,
     domain: int,
+    keep_buffers: bool = False,
 ) -> Any:
-    """``loss_fn``'s meta-test output on a ``higher``-patched copy holding ``Theta'``."""
+    """``loss_fn``'s meta-test output on a ``higher``-patched copy holding ``Theta'``.
+
+    With ``keep_buffers`` the model's buffers are replaced by the copy's afterwards.
+    """
     fast_of = {id(p): f for p, f in zip(params, fast, strict=True)}
     all_fast = [fast_of.get(id(p), p) for p in model.parameters()]
 
@@ -279,7 +313,20 @@ def higher_meta_test(
 
     fmodel = higher.patch.make_functional(model, encapsulator=encapsulate)
     with metabn_phase(fmodel, "meta_test"):
-        return loss_fn(fmodel, batch, domain, Phase.META_TEST)
+        out = loss_fn(fmodel, batch, domain, Phase.META_TEST)
+    if keep_buffers:
+        _take_buffers(model, fmodel)
+    return out
+
+
+def _take_buffers(module: nn.Module, fmodule: nn.Module) -> None:
+    """Replace ``module``'s buffers by those of its patched copy, recursively."""
+    for key, value in fmodule._buffers.items():
+        if key in module._buffers and isinstance(value, Tensor):
+            module._buffers[key] = value
+    for name, child in module._modules.items():
+        if child is not None:
+            _take_buffers(child, cast(nn.Module, fmodule._modules[name]))
 
 
 def _detached(value: Any) -> Tensor | None:

@@ -39,6 +39,10 @@ that the caller wants back in :class:`MetaStepResult`, detached.
 _INNER_OPTIMIZERS = ("adam", "sgd")
 _INNER_STATES = ("fresh", "continue")
 _BACKENDS = ("higher", "func")
+#: Accepted values of ``meta_test_grad``.
+META_TEST_GRADS = _backends.MODES
+#: Accepted values of ``meta_test_bn_stats``.
+META_TEST_BN_STATS = ("frozen", "update")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,12 @@ class MetaStepResult:
             ``loss_fn`` returned a plain loss.
         meta_test_aux: The detached ``aux`` of the meta-test call (phase
             :attr:`Phase.META_TEST`, at ``Theta'``), or ``None``.
+        meta_train_grad_norm: L2 norm, over all trainable parameters, of the meta-train
+            gradient that the step added to ``.grad`` (``grad L_mtr(Theta)``, unscaled).
+        meta_test_grad_norm: L2 norm of the meta-test term it added,
+            ``d/dTheta L_mte(Theta'(Theta))`` under the chosen ``meta_test_grad`` (for
+            ``"second_order_only"`` this is the second-order term alone). Both are taken in
+            this process, before ``outer_grad_transform``. ``nan`` when not computed.
     """
 
     meta_train_loss: float
@@ -64,6 +74,8 @@ class MetaStepResult:
     meta_train_domains: tuple[int, ...]
     meta_train_aux: tuple[Any, ...] = ()
     meta_test_aux: Any = None
+    meta_train_grad_norm: float = math.nan
+    meta_test_grad_norm: float = math.nan
 
     def aux_by_domain(self) -> dict[int, tuple[Phase, Any]]:
         """``{domain: (phase, aux)}`` for every domain of the step.
@@ -102,8 +114,21 @@ class MetaLearner:
        where ``model'`` is the model at ``Theta'`` with every MetaBN in phase
        ``"meta_test"`` (Eq. 5-7, 10).
     5. **Meta optimisation** (lines 13-15): ``.grad`` of every trainable model parameter
-       receives ``d/dTheta [L_mtr(Theta) + L_mte(Theta'(Theta))]``, second order through
-       the inner step. :meth:`step` then calls ``optimizer.step()`` (line 16).
+       receives ``grad L_mtr(Theta)`` plus the meta-test term chosen by ``meta_test_grad``:
+
+       * ``"full"`` (default, the paper's line 15): ``d/dTheta L_mte(Theta'(Theta))``, the
+         direct term ``grad L_mte(Theta')`` and the second-order term through the inner
+         step;
+       * ``"first_order"``: the direct term alone (``dTheta'/dTheta = I``);
+       * ``"second_order_only"`` (the published code): the second-order term alone.
+         ``Theta'`` is built from a detached copy of ``Theta``,
+         ``Theta' = sg(Theta) - inner_step(g(Theta) + wd * sg(Theta))``, as the published
+         ``copyModel`` fills the meta-test model with fresh leaves
+         (``reid/models/MetaModules.py:116-119``), so the meta-test reaches ``Theta`` only
+         through the meta-train gradient ``g``.
+
+       :meth:`step` then calls ``optimizer.step()`` (line 16). See docs/meta_learner.md,
+       "The three meta-gradients".
 
     The inner step takes its hyper-parameters from ``optimizer``'s parameter groups at
     every call, so learning-rate warm-up and decay carry over to ``alpha`` as in the
@@ -131,22 +156,27 @@ class MetaLearner:
     Gradient hooks (for distributed training; identities by default):
         ``grad_transform(grads) -> grads`` maps the meta-train gradients (one entry per
         trainable parameter, ``None`` where ``L_mtr`` does not reach it) before the inner
-        step, inside the autograd graph: with ``first_order=False`` the second-order term
-        differentiates through it. It sees true (unscaled) gradients, also with a
+        step, inside the autograd graph. It sees true (unscaled) gradients, also with a
         ``grad_scaler``, and its output is both what the inner step uses and the meta-train
         gradient added to ``.grad`` (times the scale under a ``grad_scaler``). Under
         ``torchrun`` it is :func:`metareid.distributed.all_reduce_mean`, so that ``Theta'``
-        is the same on every rank. ``outer_grad_transform(params)`` is called at the end of
+        is the same on every rank. With ``meta_test_grad`` other than ``"first_order"`` the
+        second-order term differentiates through it. ``outer_grad_transform(params)`` is
+        called at the end of
         :meth:`meta_backward`, after both gradient terms were added to ``.grad``, with the
         list of trainable parameters; :func:`metareid.distributed.all_reduce_grads_`
         averages the outer gradient over ranks there, as ``DistributedDataParallel`` would.
 
     Model state:
         * BatchNorm running statistics of ``model`` are updated by the meta-train forwards
-          exactly as a plain training step on those batches would update them; the
-          meta-test forward at ``Theta'`` runs on copies of the buffers and changes
-          nothing. The model's train/eval mode is respected (in eval mode BatchNorm and
-          MetaBN use running statistics and MetaBN does not mix).
+          exactly as a plain training step on those batches would update them. The
+          meta-test forward at ``Theta'`` runs on copies of the buffers; with
+          ``meta_test_bn_stats="frozen"`` (default) they are discarded, with ``"update"``
+          (the published code, whose meta-test model shares the model's buffers,
+          ``reid/models/MetaModules.py:120-124``) the model's buffers are replaced by the
+          copies afterwards, so the meta-test moves the running statistics too. The
+          model's train/eval mode is respected (in eval mode BatchNorm and MetaBN use
+          running statistics and MetaBN does not mix).
         * Only parameters with ``requires_grad=True`` receive gradients. Parameters that
           the optimizer tracks are updated in the inner step; a parameter that ``L_mtr``
           does not use keeps its value in ``Theta'`` (as ``torch.optim.Adam`` skips
@@ -185,9 +215,14 @@ class MetaLearner:
         inner_eps_root: Added to the bias-corrected second moment inside the square root
             of the inner Adam step, ``>= 0``. Default ``1e-5``: the published code's step.
             ``0``: ``torch.optim.Adam``'s step. Ignored by ``inner_optimizer="sgd"``.
-        first_order: If ``True``, the inner update is treated as a constant:
-            ``dTheta'/dTheta = I``, so the meta-test gradient is evaluated at ``Theta'``
-            and added unchanged. Costs no more network passes than a plain step.
+        meta_test_grad: Which meta-test gradient reaches ``Theta`` (step 5):
+            ``"full"`` (default, the paper), ``"first_order"`` (the inner update is a
+            constant, ``dTheta'/dTheta = I``: the meta-test gradient at ``Theta'`` is added
+            unchanged, no double backward) or ``"second_order_only"`` (the published code).
+        meta_test_bn_stats: ``"frozen"`` (default): the meta-test forward leaves the
+            model's buffers as they are; ``"update"`` (the published code): the model
+            keeps what the meta-test forward did to its buffers (BatchNorm running
+            statistics). Buffers are replaced, not written in place.
         backend: ``"higher"`` (default) or ``"func"``.
         generator: Random generator used to draw the meta-test domain.
         grad_scaler: A ``torch.amp.GradScaler`` for fp16 training, or ``None`` (default).
@@ -225,7 +260,8 @@ class MetaLearner:
         inner_weight_decay: float | None = None,
         inner_eps: float | None = None,
         inner_eps_root: float = 1e-5,
-        first_order: bool = False,
+        meta_test_grad: Literal["full", "first_order", "second_order_only"] = "full",
+        meta_test_bn_stats: Literal["frozen", "update"] = "frozen",
         backend: Literal["higher", "func"] = "higher",
         generator: torch.Generator | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
@@ -258,8 +294,8 @@ class MetaLearner:
         _check_choice("inner_optimizer", inner_optimizer, _INNER_OPTIMIZERS)
         _check_choice("inner_state", inner_state, _INNER_STATES)
         _check_choice("backend", backend, _BACKENDS)
-        if not isinstance(first_order, bool):
-            raise TypeError(f"first_order must be a bool, got {first_order!r}")
+        _check_choice("meta_test_grad", meta_test_grad, META_TEST_GRADS)
+        _check_choice("meta_test_bn_stats", meta_test_bn_stats, META_TEST_BN_STATS)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(
                 f"generator must be a torch.Generator or None, got {type(generator).__name__}"
@@ -299,7 +335,8 @@ class MetaLearner:
         self.inner_weight_decay = inner_weight_decay
         self.inner_eps = inner_eps
         self.inner_eps_root = float(inner_eps_root)
-        self.first_order = first_order
+        self.meta_test_grad = meta_test_grad
+        self.meta_test_bn_stats = meta_test_bn_stats
         self.backend = backend
         self.generator = generator
         self.grad_scaler = grad_scaler
@@ -435,11 +472,11 @@ class MetaLearner:
             params,
             inner,
             self.inner_optimizer,
-            self.first_order,
+            self.meta_test_grad,
             transform,
             transformed,
         )
-        if self.first_order:
+        if self.meta_test_grad == "first_order":
             # Theta' = Theta + constant: the value of the update, with identity Jacobian.
             fast = [
                 p if f is p else f.detach() + (p - p.detach())
@@ -450,28 +487,44 @@ class MetaLearner:
             _backends.higher_meta_test if self.backend == "higher" else _backends.func_meta_test
         )
         loss_mte, test_aux = _split_output(
-            meta_test_fn(model, params, fast, loss_fn, batches[meta_test], meta_test)
+            meta_test_fn(
+                model,
+                params,
+                fast,
+                loss_fn,
+                batches[meta_test],
+                meta_test,
+                keep_buffers=self.meta_test_bn_stats == "update",
+            )
         )
         loss_mte = _check_loss(loss_mte, meta_test, Phase.META_TEST)
 
-        # d/dTheta L_mte(Theta'(Theta)) by backprop through the inner step; the
-        # meta-train gradient is already known from the inner step and is added as is.
+        # d/dTheta L_mte(Theta'(Theta)) by backprop through the inner step (the terms that
+        # meta_test_grad keeps); the meta-train gradient is known from the inner step.
+        test_grads: Sequence[Tensor | None] = [None] * len(params)
         if loss_mte.requires_grad:
-            torch.autograd.backward(loss_mte * scale if scale != 1.0 else loss_mte, inputs=params)
+            test_grads = torch.autograd.grad(
+                loss_mte * scale if scale != 1.0 else loss_mte, params, allow_unused=True
+            )
         # Without a grad_transform the raw gradient (scaled, under a grad scaler) is added,
         # as before the hooks existed; with one, its output (re-scaled).
         added = raw if user is None else transformed[0]
+        squares: list[list[Tensor]] = [[], []]  # meta-train, meta-test terms
         with torch.no_grad():
-            for p, g in zip(params, added, strict=True):
+            for p, t, g in zip(params, test_grads, added, strict=True):
+                if t is not None:
+                    squares[1].append(t.double().square().sum())
+                    _accumulate(p, t)
                 if g is None:
                     continue
                 g = g.detach()
+                squares[0].append(g.double().square().sum() * (1.0 if user is None else scale**2))
                 if user is not None and scale != 1.0:
                     g = g * scale
-                if p.grad is None:
-                    p.grad = g
-                else:
-                    p.grad.add_(g)
+                _accumulate(p, g)
+            train_sq, test_sq = (
+                float(torch.stack(q).sum()) / scale**2 if q else 0.0 for q in squares
+            )
         if self.outer_grad_transform is not None:
             self.outer_grad_transform(params)
         return MetaStepResult(
@@ -481,6 +534,8 @@ class MetaLearner:
             meta_train_domains=train_domains,
             meta_train_aux=tuple(train_aux),
             meta_test_aux=_detach_tree(test_aux),
+            meta_train_grad_norm=math.sqrt(train_sq),
+            meta_test_grad_norm=math.sqrt(test_sq),
         )
 
     def _loss_scale(self, loss: Tensor) -> float:
@@ -550,8 +605,17 @@ class MetaLearner:
             f"optimizer={type(self.optimizer).__name__}, inner_lr={self.inner_lr}, "
             f"inner_optimizer={self.inner_optimizer!r}, inner_state={self.inner_state!r}, "
             f"inner_weight_decay={self.inner_weight_decay}, inner_eps={self.inner_eps}, "
-            f"inner_eps_root={self.inner_eps_root}, first_order={self.first_order}, backend={self.backend!r})"
+            f"inner_eps_root={self.inner_eps_root}, meta_test_grad={self.meta_test_grad!r}, "
+            f"meta_test_bn_stats={self.meta_test_bn_stats!r}, backend={self.backend!r})"
         )
+
+
+def _accumulate(p: Tensor, g: Tensor) -> None:
+    """``p.grad += g`` (``p.grad = g`` when there is none yet), as ``Tensor.backward`` does."""
+    if p.grad is None:
+        p.grad = g
+    else:
+        p.grad.add_(g)
 
 
 def _checked_transform(fn: GradTransform, grads: list[Tensor | None]) -> list[Tensor | None]:

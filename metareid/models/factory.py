@@ -56,7 +56,7 @@ def build_model(
     The defaults are the standard ResNet with the ReID conventions (last stride 1, BNNeck
     with frozen bias, L2-normalised neck output). The published M3L code corresponds to
     ``build_model(arch, True, 1, stem_relu=False, load_running_stats=False,
-    freeze_neck_bias=False, sample_scale="var")``, with ``ibn_init="resnet"`` for
+    freeze_neck_bias=False, sample_scale="var")``, with ``ibn_init="torchvision"`` for
     ``"ibn_resnet50a"``.
 
     Args:
@@ -68,8 +68,8 @@ def build_model(
         stem_relu: ReLU after the stem BN. Default ``True``; the published code has none.
         load_running_stats: load BN running statistics from ``pretrained``. Default
             ``True``; the published code does not.
-        ibn_init: for ``"ibn_resnet50a"`` only: ``"ibn_net"`` (default), ``"resnet"`` or
-            ``"resnet_split"``, see :func:`metareid.models.ibn_resnet50a`.
+        ibn_init: for ``"ibn_resnet50a"`` only: ``"ibn_net"`` (default), ``"torchvision"`` or
+            ``"torchvision_split"``, see :func:`metareid.models.ibn_resnet50a`.
         num_classes: FC classifiers, see :class:`ReIDModel`. Default ``None``.
         normalize_neck: L2-normalise the neck output. Default ``True``.
         freeze_neck_bias: freeze the BNNeck bias. Default ``True``.

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 #: Accepted values of ``ibn_init`` in :func:`ibn_resnet50a`.
-IBN_INITS = ("ibn_net", "resnet", "resnet_split")
+IBN_INITS = ("ibn_net", "torchvision", "torchvision_split")
 
 Pretrained = bool | str | os.PathLike[str]
 
@@ -367,11 +367,11 @@ def ibn_resnet50a(
             * ``"ibn_net"`` (default): an IBN-Net50-a checkpoint (keys ``...bn1.IN.*`` and
               ``...bn1.BN.*``); ``True`` loads the ImageNet weights of the IBN-Net
               release (:data:`metareid.models._weights.IBN_RESNET50A_URL`).
-            * ``"resnet"``: a plain ResNet-50 checkpoint (``True``: torchvision's
+            * ``"torchvision"``: a plain ResNet-50 checkpoint (``True``: torchvision's
               ``IMAGENET1K_V1``) loaded into everything but the IBN layers, which keep
               their initialisation (weight 1, bias 0, running stats 0 and 1). This is what
               the published M3L code does.
-            * ``"resnet_split"``: as ``"resnet"``, but each plain ``bn1`` is split: its
+            * ``"torchvision_split"``: as ``"torchvision"``, but each plain ``bn1`` is split: its
               first half of weight and bias go to ``IN``, its second half of weight, bias and
               running statistics to ``BN``.
 
@@ -425,7 +425,7 @@ def _build(
         what = f"the ImageNet weights of {base} (torchvision)"
     state, source = _weights.fetch_state_dict(pretrained, url, what=what)
     if plain:
-        state = _weights.resnet_to_ibn(state, net, split=ibn_init == "resnet_split")
+        state = _weights.resnet_to_ibn(state, net, split=ibn_init == "torchvision_split")
     _weights.load_weights(net, state, source=source, load_running_stats=load_running_stats)
     return net
 

@@ -56,7 +56,13 @@ def meta_grads(model, loss_fn, backend, first_order, hooks=None):
         kwargs = dict(
             grad_transform=hooks.all_reduce_mean, outer_grad_transform=hooks.all_reduce_grads_
         )
-    learner = MetaLearner(model, opt, backend=backend, first_order=first_order, **kwargs)
+    learner = MetaLearner(
+        model,
+        opt,
+        backend=backend,
+        meta_test_grad="first_order" if first_order else "full",
+        **kwargs,
+    )
     batches = [make_batch(1), make_batch(2), make_batch(3)]
     learner.meta_backward(batches, loss_fn, meta_test=1)
     return [p.grad for p in model.parameters()]

@@ -45,7 +45,7 @@ CASES = {
     "baseline": dict(method="baseline"),
     "meta": dict(method="meta"),
     "m3l": dict(method="m3l"),
-    "m3l_first_order": dict(method="m3l", first_order=True),
+    "m3l_first_order": dict(method="m3l", meta_test_grad="first_order"),
 }
 ITERS = 3  # iterations compared
 COMPARE_LR = 3.5e-5  # a tenth of the default: see the module docstring

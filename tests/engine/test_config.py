@@ -110,9 +110,9 @@ def test_defaults_are_published_inner_step_second_order_and_fp32():
     from metareid.engine import TrainConfig
 
     cfg = TrainConfig()
-    assert (cfg.inner_eps_root, cfg.first_order, cfg.amp, cfg.preset) == (
+    assert (cfg.inner_eps_root, cfg.meta_test_grad, cfg.amp, cfg.preset) == (
         1e-5,
-        False,
+        "full",
         "off",
         "none",
     )

@@ -1,4 +1,4 @@
-"""M3LObjective: phase handling, memory updates (never a MetaBN mixture), bad input."""
+"""M3LObjective and M3LStep: phase handling, memory updates (never a MetaBN mixture), bad input."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metareid import MemoryBank, MetaBN, MetaLearner, Phase
-from metareid.engine import M3LObjective
+from metareid import MemoryBank, MetaBN, MetaLearner, Phase, metabn_phase
+from metareid.engine import M3LObjective, M3LStep
 from metareid.models import ReIDModel
 
 
@@ -85,13 +85,13 @@ def test_no_memory_ever_receives_a_metabn_mixture(num_domains, backend, monkeypa
     model = tiny_model()
     banks = make_banks(num_domains)
     spy = Spy(monkeypatch, banks)
-    obj = M3LObjective(banks, num_domains, metabn=True)
+    step = M3LStep(M3LObjective(banks, num_domains))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     learner = MetaLearner(model, opt, backend=backend, generator=torch.Generator().manual_seed(0))
     model.train()
     for it in range(4):
         spy.updates.clear()
-        out = obj.step(model, make_batches(num_domains, seed=it), opt, learner)
+        out = step(model, make_batches(num_domains, seed=it), opt, learner)
         # only the meta-train domains were written, in their order
         t = int(out["meta_test_domain"])
         assert [d for d, _ in spy.updates] == [d for d in range(num_domains) if d != t]
@@ -104,7 +104,7 @@ def test_spy_catches_a_mixture_written_by_shape_heuristics(monkeypatch):
     model = tiny_model()
     banks = make_banks(2)
     spy = Spy(monkeypatch, banks)
-    obj = M3LObjective(banks, 2, metabn=True)
+    obj = M3LObjective(banks, 2)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     learner = MetaLearner(model, opt, generator=torch.Generator().manual_seed(0))
 
@@ -130,10 +130,10 @@ def test_meta_without_metabn_writes_the_meta_test_features_at_theta_prime(num_do
     for d, bank in enumerate(banks):
         original = bank.update
         bank.update = lambda f, y, d=d, o=original: (updates.append(d), o(f, y))  # type: ignore[method-assign]
-    obj = M3LObjective(banks, num_domains, metabn=False)
+    step = M3LStep(M3LObjective(banks, num_domains))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     learner = MetaLearner(model, opt, generator=torch.Generator().manual_seed(1))
-    out = obj.step(model.train(), make_batches(num_domains), opt, learner)
+    out = step(model.train(), make_batches(num_domains), opt, learner)
     t = int(out["meta_test_domain"])
     assert updates == [*(d for d in range(num_domains) if d != t), t]
 
@@ -143,7 +143,7 @@ def test_after_timing_writes_an_extra_train_mode_forward_of_every_domain():
     # batch (BN running statistics move again), then the per-sample renormalised update.
     model = tiny_model().train()
     banks = make_banks(3, update="sequential")
-    obj = M3LObjective(banks, 3, metabn=True, memory_update_timing="after")
+    step = M3LStep(M3LObjective(banks, 3), memory_update_timing="after")
     batches = make_batches(3)
     ref_model = copy.deepcopy(model)
     ref_memories = [b.features.clone() for b in banks]
@@ -153,7 +153,7 @@ def test_after_timing_writes_an_extra_train_mode_forward_of_every_domain():
         for f, y in zip(feats, b["pid"].tolist()):
             row = 0.2 * ref_memories[d][y] + 0.8 * f
             ref_memories[d][y] = row / row.norm()
-    obj.update_memories(model, batches, written=[(0, None)])
+    step.update_memories(model, batches, written=[(0, None)])
     for bank, ref in zip(banks, ref_memories):
         torch.testing.assert_close(bank.features, ref, rtol=1e-6, atol=1e-6)
     bn, ref_bn = model.backbone[1], ref_model.backbone[1]
@@ -163,19 +163,34 @@ def test_after_timing_writes_an_extra_train_mode_forward_of_every_domain():
 
 def test_loss_refuses_wrong_row_counts_and_eval_mode():
     model = tiny_model()
-    obj = M3LObjective(make_banks(3), 3, metabn=True)
+    step = M3LStep(M3LObjective(make_banks(3), 3))
     batch = make_batches(3)[0]
-    with pytest.raises(RuntimeError, match="expected 2 x 6"):
-        obj.loss(model.train(), batch, 0, Phase.META_TEST)  # neck in phase normal: 6 rows
+
+    class Liar(nn.Module):  # returns one row per sample whatever MetaBN says
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            with metabn_phase(self.inner, "normal"):
+                return self.inner(x)
+
+    liar = Liar(model).train()
+    with metabn_phase(model, "meta_train"):
+        model(batch["img"]), model(batch["img"])
+    with (
+        metabn_phase(model, "meta_test"),
+        pytest.raises(RuntimeError, match="expected 2 x 6"),
+    ):
+        step.loss_fn(liar, batch, 0, Phase.META_TEST)
     with pytest.raises(RuntimeError, match="returned a tensor in train mode"):
-        obj.loss(model.eval(), batch, 0, Phase.NORMAL)
+        step.loss_fn(model.eval(), batch, 0, Phase.NORMAL)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
         (dict(id_loss="nope"), ValueError, "id_loss"),
-        (dict(memory_update_timing="later"), ValueError, "memory_update_timing"),
         (dict(num_domains=0), ValueError, "num_domains"),
         (dict(num_domains=2), ValueError, "one MemoryBank per domain"),
         (dict(memories=[object()] * 3), TypeError, r"memories\[0\]"),
@@ -189,14 +204,24 @@ def test_bad_arguments(kwargs, exc, match):
         M3LObjective(args.pop("memories"), args.pop("num_domains"), **args)
 
 
+def test_step_bad_arguments():
+    obj = M3LObjective(make_banks(3), 3)
+    with pytest.raises(ValueError, match="memory_update_timing"):
+        M3LStep(obj, memory_update_timing="later")
+    with pytest.raises(TypeError, match="objective must be an M3LObjective"):
+        M3LStep(object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="split must be a BatchSplit"):
+        M3LStep(obj, split="whole")  # type: ignore[arg-type]
+
+
 def test_step_refuses_a_wrong_number_of_batches_and_changes_nothing():
     model = tiny_model()
     banks = make_banks(3)
     before = [b.features.clone() for b in banks]
     params = [p.detach().clone() for p in model.parameters()]
-    obj = M3LObjective(banks, 3)
+    step = M3LStep(M3LObjective(banks, 3))
     with pytest.raises(ValueError, match="one batch per domain"):
-        obj.step(model.train(), make_batches(2), torch.optim.Adam(model.parameters()))
+        step(model.train(), make_batches(2), torch.optim.Adam(model.parameters()))
     assert all(torch.equal(a.features, b) for a, b in zip(banks, before))
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
 

@@ -22,7 +22,7 @@ SWITCHES = [
     dict(
         method="m3l", memory_update="sequential", metabn_scale="var", memory_update_timing="after"
     ),
-    dict(method="m3l", first_order=True, backend="func", inner_state="continue"),
+    dict(method="m3l", meta_test_grad="first_order", backend="func", inner_state="continue"),
     dict(method="meta", inner_eps=1e-6),
 ]
 
@@ -160,8 +160,11 @@ def test_loss_growth_rule(history, growing):
 @pytest.mark.parametrize(
     ("switches", "hint"),
     [
-        (dict(method="m3l"), "--inner-eps-root 1e-5, --inner-state continue or --first-order"),
-        (dict(method="m3l", first_order=True), "lower --lr"),
+        (
+            dict(method="m3l"),
+            "--inner-eps-root 1e-5, --inner-state continue or --meta-test-grad first_order",
+        ),
+        (dict(method="m3l", meta_test_grad="first_order"), "lower --lr"),
         (dict(method="baseline"), "lower --lr"),
     ],
 )

@@ -103,7 +103,17 @@ def test_seeds_and_preset_reach_the_configs(tmp_path):
         "after",
         "var",
     )
-    assert cfg.first_order is False and cfg.inner_eps_root == 1e-5
+    assert (cfg.meta_test_grad, cfg.meta_test_bn_stats, cfg.inner_eps_root) == (
+        "second_order_only",
+        "update",
+        1e-5,
+    )
+    assert (cfg.stem_relu, cfg.freeze_neck_bias, cfg.sampler, cfg.dataparallel) == (
+        False,
+        False,
+        "published",
+        3,
+    )
     args, extra = example.parse_args(["--preset", "published", "--", "--memory-update", "mean"])
     cfg = m3l_config(example, args, extra, tmp_path, seed=0)
     assert cfg.memory_update == "mean" and cfg.metabn_scale == "var"

@@ -241,7 +241,13 @@ def test_grad_scaler_gives_the_unscaled_update(backend, first_order):
     for m, scaler in ((model, None), (twin, torch.amp.GradScaler("cpu", init_scale=2.0**12))):
         opt = torch.optim.Adam(m.parameters(), lr=1e-2, weight_decay=5e-4)
         m.bn.generator = torch.Generator().manual_seed(7)
-        learner = MetaLearner(m, opt, backend=backend, first_order=first_order, grad_scaler=scaler)
+        learner = MetaLearner(
+            m,
+            opt,
+            backend=backend,
+            meta_test_grad="first_order" if first_order else "full",
+            grad_scaler=scaler,
+        )
         for t in (0, 1):
             results.append(learner.step(batches, ce, meta_test=t))
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):

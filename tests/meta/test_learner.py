@@ -79,9 +79,14 @@ def reference_objective(
     eps_root: float = 0.0,
     betas=(0.9, 0.999),
     state: list[dict] | None = None,
-    first_order: bool = False,
+    mode: str = "full",
 ) -> tuple[Tensor, list[Tensor]]:
-    """Return (J, dJ/dtheta) of J = L_mtr(theta) + L_mte(theta'(theta)), by autograd."""
+    """Return (J, dJ/dtheta) of J = L_mtr(theta) + L_mte(theta'(theta)), by autograd.
+
+    ``mode``: ``"full"`` (theta' a function of theta), ``"first_order"`` (the update a
+    constant), ``"second_order_only"`` (theta' = sg(theta) - upd(g(theta) + wd sg(theta))).
+    """
+    first_order = mode == "first_order"
     names = [n for n, _ in model.named_parameters()]
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
 
@@ -95,10 +100,7 @@ def reference_objective(
     grads = torch.autograd.grad(l_mtr, theta, create_graph=not first_order, retain_graph=True)
     new = []
     for i, (p, g) in enumerate(zip(theta, grads)):
-        if first_order:
-            p_in = p.detach()
-        else:
-            p_in = p
+        p_in = p if mode == "full" else p.detach()
         gp = g + wd * p_in
         if inner == "sgd":
             upd = lr * gp
@@ -112,7 +114,7 @@ def reference_objective(
             m_hat = m / (1 - betas[0] ** step)
             v_hat = v / (1 - betas[1] ** step)
             upd = lr * m_hat / ((v_hat + eps_root).sqrt() + eps)
-        new.append(p - upd.detach() if first_order else p - upd)
+        new.append(p - upd.detach() if first_order else p_in - upd)
     l_mte = loss_at(new, batches[t])
     total = l_mtr + l_mte
     return total, list(torch.autograd.grad(total, theta))
@@ -121,14 +123,17 @@ def reference_objective(
 CASES = [
     (*case, root)
     for case in itertools.product(
-        BACKENDS, [False, True], ["adam-fresh", "adam-continue", "sgd"], [0.0, 5e-4]
+        BACKENDS,
+        ["full", "first_order", "second_order_only"],
+        ["adam-fresh", "adam-continue", "sgd"],
+        [0.0, 5e-4],
     )
     for root in ([0.0, 1e-5] if case[2] != "sgd" else [1e-5])
 ]
 
 
-@pytest.mark.parametrize(("backend", "first_order", "inner", "wd", "eps_root"), CASES)
-def test_meta_gradient_matches_independent_reference(backend, first_order, inner, wd, eps_root):
+@pytest.mark.parametrize(("backend", "mode", "inner", "wd", "eps_root"), CASES)
+def test_meta_gradient_matches_independent_reference(backend, mode, inner, wd, eps_root):
     model = make_model()
     batches = make_batches()
     opt = torch.optim.Adam(model.parameters(), lr=0.05, weight_decay=wd, eps=1e-3)
@@ -156,7 +161,7 @@ def test_meta_gradient_matches_independent_reference(backend, first_order, inner
         eps=1e-3,
         eps_root=eps_root if inner != "sgd" else 0.0,
         state=state,
-        first_order=first_order,
+        mode=mode,
     )
     got = learner_grads(
         model,
@@ -166,7 +171,7 @@ def test_meta_gradient_matches_independent_reference(backend, first_order, inner
         inner_optimizer="sgd" if inner == "sgd" else "adam",
         inner_state="continue" if inner == "adam-continue" else "fresh",
         inner_eps_root=eps_root,
-        first_order=first_order,
+        meta_test_grad=mode,
         backend=backend,
     )
     for g, r in zip(got, ref, strict=True):
@@ -330,15 +335,16 @@ def test_inner_lr_weight_decay_eps_overrides(backend):
 
 # --------------------------------------------------------------------------- backends
 @pytest.mark.parametrize(
-    ("first_order", "inner", "inner_state"),
+    ("mode", "inner", "inner_state"),
     [
-        (False, "adam", "fresh"),
-        (True, "adam", "fresh"),
-        (False, "sgd", "fresh"),
-        (False, "adam", "continue"),
+        ("full", "adam", "fresh"),
+        ("first_order", "adam", "fresh"),
+        ("second_order_only", "adam", "fresh"),
+        ("full", "sgd", "fresh"),
+        ("full", "adam", "continue"),
     ],
 )
-def test_backends_agree_with_metabn(first_order, inner, inner_state):
+def test_backends_agree_with_metabn(mode, inner, inner_state):
     grads = {}
     for backend in BACKENDS:
         model = make_model(seed=1, with_metabn=True)
@@ -355,7 +361,7 @@ def test_backends_agree_with_metabn(first_order, inner, inner_state):
             batches,
             2,
             backend=backend,
-            first_order=first_order,
+            meta_test_grad=mode,
             inner_optimizer=inner,
             inner_state=inner_state,
         )
@@ -402,7 +408,9 @@ def test_zero_gradient_frozen_and_unused_parameters(backend, first_order):
             head_seen.extend(p.detach().clone() for p in (model.head.weight, model.head.bias))
         return gated_loss(model, batch, domain, phase)
 
-    learner = MetaLearner(model, opt, backend=backend, first_order=first_order)
+    learner = MetaLearner(
+        model, opt, backend=backend, meta_test_grad="first_order" if first_order else "full"
+    )
     learner.step(batches, spy, meta_test=0)
     for p in model.parameters():
         if p.grad is not None:
@@ -671,7 +679,12 @@ def test_bad_loss_values_restore_state(backend, bad, exc, match):
         ),
         ({"inner_state": "warm"}, ValueError, "inner_state"),
         ({"backend": "jax"}, ValueError, "backend"),
-        ({"first_order": 1}, TypeError, "first_order"),
+        (
+            {"meta_test_grad": True},
+            ValueError,
+            "meta_test_grad must be one of 'full', 'first_order', 'second_order_only'; got True",
+        ),
+        ({"meta_test_bn_stats": "keep"}, ValueError, "meta_test_bn_stats"),
         ({"generator": 3}, TypeError, "generator"),
         (
             {"inner_state": "continue", "inner_optimizer": "sgd"},
@@ -746,7 +759,7 @@ def test_first_order_inner_step_records_no_graph(backend, optimizer):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        grads, fast = step(loss, params, inner, optimizer, True)
+        grads, fast = step(loss, params, inner, optimizer, "first_order")
     assert saved == []  # nothing was saved for a backward pass
     assert all(f.grad_fn is None for f in fast)
     # ... and the values are those of a textbook step on the same gradients (fresh Adam

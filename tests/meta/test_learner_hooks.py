@@ -75,9 +75,12 @@ def test_grad_transform_is_used_by_the_inner_step_and_added_to_grad(backend, fir
         return [2.0 * g + g.pow(2) for g in grads]
 
     expected = reference_grads(copy.deepcopy(model), batches, transform, first_order)
-    learner(model, backend, grad_transform=transform, first_order=first_order).meta_backward(
-        batches, ce, meta_test=1
-    )
+    learner(
+        model,
+        backend,
+        grad_transform=transform,
+        meta_test_grad="first_order" if first_order else "full",
+    ).meta_backward(batches, ce, meta_test=1)
     for p, e in zip(model.parameters(), expected, strict=True):
         torch.testing.assert_close(p.grad, e, rtol=1e-10, atol=1e-12)
 
@@ -88,11 +91,13 @@ def test_identity_hooks_change_nothing_bitwise(backend, first_order):
     model, batches = make()
     twin = copy.deepcopy(model)
     calls: list[int] = []
-    learner(model, backend, first_order=first_order).meta_backward(batches, ce, meta_test=1)
+    learner(model, backend, meta_test_grad="first_order" if first_order else "full").meta_backward(
+        batches, ce, meta_test=1
+    )
     learner(
         twin,
         backend,
-        first_order=first_order,
+        meta_test_grad="first_order" if first_order else "full",
         grad_transform=lambda grads: list(grads),
         outer_grad_transform=lambda params: calls.append(len(params)),
     ).meta_backward(batches, ce, meta_test=1)

@@ -100,8 +100,10 @@ def test_unknown_arch_lists_the_known_names() -> None:
 
 
 def test_ibn_init_only_for_the_ibn_arch() -> None:
-    with pytest.raises(ValueError, match=r"ibn_init='resnet' only applies to arch 'ibn_resnet50a'"):
-        build_model("resnet18", ibn_init="resnet")
+    with pytest.raises(
+        ValueError, match=r"ibn_init='torchvision' only applies to arch 'ibn_resnet50a'"
+    ):
+        build_model("resnet18", ibn_init="torchvision")
 
 
 def test_unknown_keyword_is_a_type_error() -> None:

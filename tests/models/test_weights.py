@@ -316,7 +316,7 @@ def test_ibn_resnet50a_from_torchvision_resnet50(monkeypatch: pytest.MonkeyPatch
         return plain, "fake.pth"
 
     monkeypatch.setattr(_weights, "fetch_state_dict", fake_fetch)
-    net = ibn_resnet50a(pretrained=True, ibn_init="resnet_split")
+    net = ibn_resnet50a(pretrained=True, ibn_init="torchvision_split")
     assert asked == [_weights.imagenet_url("resnet50")]
     torch.testing.assert_close(net.layer1[0].conv1.weight, plain["layer1.0.conv1.weight"])
     torch.testing.assert_close(net.layer4[0].bn1.weight, plain["layer4.0.bn1.weight"])

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metareid import MemoryBank
+from metareid.functional import hard_triplet_loss, memory_id_loss
 
 NUM_IDS, K, D_IN, D = 4, 3, 6, 5
 
@@ -43,3 +44,18 @@ def make_memory(seed: int) -> MemoryBank:
         torch.arange(3 * NUM_IDS) % NUM_IDS,
     )
     return bank
+
+
+def whole_batch_loss(feats: list, pids: list, ranks, memory: MemoryBank):
+    """Eq. 8 on a split batch as metareid's chunk layer computes it: every process gathers
+    all ranks' outputs (with gradient) and computes the whole batch's loss.
+
+    The gathers' backward sums what every process sends back, so each process holds W
+    times its chunks' share of the gradient and the mean over the W processes (the
+    MetaLearner hooks) is the whole batch's gradient.
+    """
+    gathered = ranks.gather_with_grad(feats)
+    labels = ranks.gather(pids)
+    return hard_triplet_loss(gathered, labels) + memory_id_loss(
+        F.normalize(gathered, dim=1), labels, memory.snapshot()
+    )

@@ -14,8 +14,6 @@ The foundations of distributed training; see ``docs/distributed.md``:
   :class:`MicroBatchRanks`;
 * the batch split by identity: :func:`split_batch_by_identity`, :func:`identity_chunk`,
   :func:`local_chunks`; in batch order, as ``nn.DataParallel``: :func:`split_batch_in_order`;
-* whole-batch losses and memory updates: :func:`hard_triplet_loss_across_ranks`,
-  :func:`memory_id_loss_across_ranks`, :func:`update_memory_across_ranks`;
 * sharded evaluation: :func:`extract_features_sharded`, :func:`shard_range`.
 """
 
@@ -40,11 +38,6 @@ from metareid.distributed.context import (
     on_main_process,
 )
 from metareid.distributed.evaluation import extract_features_sharded, shard_range
-from metareid.distributed.losses import (
-    hard_triplet_loss_across_ranks,
-    memory_id_loss_across_ranks,
-)
-from metareid.distributed.memory import update_memory_across_ranks
 from metareid.distributed.ranks import MicroBatchRanks, ProcessRanks, RankGroup
 from metareid.distributed.split import (
     identity_chunk,
@@ -71,16 +64,13 @@ __all__ = [
     "extract_features_sharded",
     "get_rank",
     "get_world_size",
-    "hard_triplet_loss_across_ranks",
     "identity_chunk",
     "init_distributed",
     "is_distributed",
     "is_main_process",
     "local_chunks",
-    "memory_id_loss_across_ranks",
     "on_main_process",
     "shard_range",
     "split_batch_by_identity",
     "split_batch_in_order",
-    "update_memory_across_ranks",
 ]

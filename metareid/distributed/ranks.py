@@ -15,11 +15,13 @@ per local rank:
 * :class:`MicroBatchRanks`: all N chunks in one process (``--micro-batches N``); the
   combinations are plain concatenations, so one process reproduces N ranks.
 
-The loss helpers of :mod:`metareid.distributed` return, for the calling process, the mean
-over its local ranks of ``loss_r``, where ``loss_r`` is N times rank ``r``'s share of the
-whole-batch loss. So the mean over processes of the returned values, and of their
-gradients (:meth:`RankGroup.all_reduce_mean`, :meth:`RankGroup.all_reduce_grads_`), is
-exactly the whole-batch loss and its gradient, for both kinds of group.
+:class:`metareid.engine.IdentitySplit` gathers the chunks' outputs with
+:meth:`RankGroup.gather_with_grad` and every process computes the whole batch's loss; the
+gather's backward sums what every process sends back, so each of the W processes holds W
+times its chunks' share of the gradient, and the mean over processes
+(:meth:`RankGroup.all_reduce_mean` for the meta-train gradient,
+:meth:`RankGroup.all_reduce_grads_` for ``.grad``) is exactly the whole batch's gradient,
+for both kinds of group.
 """
 
 from __future__ import annotations

@@ -421,7 +421,9 @@ def _build(
         what = f"the ImageNet weights of {arch} (IBN-Net release)"
     else:
         base = "resnet50" if ibn_init is not None else arch
-        url, plain = _weights.imagenet_url(base), ibn_init is not None
+        # Only pretrained=True downloads; a path or URL of the caller's needs no known weights.
+        url = _weights.imagenet_url(base) if pretrained is True else ""
+        plain = ibn_init is not None
         what = f"the ImageNet weights of {base} (torchvision)"
     state, source = _weights.fetch_state_dict(pretrained, url, what=what)
     if plain:

@@ -11,15 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
-from toy_ranks import NUM_IDS, D, K, make_batch, make_memory, make_model
+from toy_ranks import NUM_IDS, D, K, make_batch, make_memory, make_model, whole_batch_loss
 
 from metareid.distributed import (
     MicroBatchRanks,
     ProcessRanks,
     all_gather_concat,
-    hard_triplet_loss_across_ranks,
     local_chunks,
-    memory_id_loss_across_ranks,
     split_batch_by_identity,
 )
 from metareid.functional import hard_triplet_loss, memory_id_loss
@@ -30,11 +28,7 @@ pytestmark = pytest.mark.distributed
 def objective(model, params, chunks, ranks, memory):
     """Eq. 8 of the paper on a split batch: triplet on raw, memory loss on normalised features."""
     feats = [functional_call(model, params, (c["x"],)) for c in chunks]
-    pids = [c["pid"] for c in chunks]
-    normed = [F.normalize(f, dim=1) for f in feats]
-    return hard_triplet_loss_across_ranks(feats, pids, ranks) + memory_id_loss_across_ranks(
-        normed, pids, memory, ranks
-    )
+    return whole_batch_loss(feats, [c["pid"] for c in chunks], ranks, memory)
 
 
 def meta_step(model, train, test, memories, ranks, first_order):
@@ -160,26 +154,9 @@ def test_micro_batch_losses_equal_the_plain_losses_on_the_whole_batch():
     memory = make_memory(6)
     chunks = split_batch_by_identity({"f": feats, "pid": batch["pid"]}, 2)
     parts, pids = [c["f"] for c in chunks], [c["pid"] for c in chunks]
-    ranks = MicroBatchRanks(2)
-    assert torch.equal(
-        hard_triplet_loss_across_ranks(parts, pids, ranks), hard_triplet_loss(feats, batch["pid"])
+    plain = hard_triplet_loss(feats, batch["pid"]) + memory_id_loss(
+        F.normalize(feats, dim=1), batch["pid"], memory.snapshot()
     )
-    assert torch.equal(
-        memory_id_loss_across_ranks(parts, pids, memory, ranks),
-        memory_id_loss(feats, batch["pid"], memory.snapshot()),
-    )
+    assert torch.equal(whole_batch_loss(parts, pids, MicroBatchRanks(2), memory), plain)
     # One rank without a process group: the plain losses too.
-    assert torch.equal(
-        hard_triplet_loss_across_ranks(feats, batch["pid"]), hard_triplet_loss(feats, batch["pid"])
-    )
-    with pytest.raises(
-        ValueError, match=r"features must hold one tensor per local rank of the group \(2\), got 1"
-    ):
-        hard_triplet_loss_across_ranks([feats], [batch["pid"]], ranks)
-    with pytest.raises(
-        ValueError,
-        match=r"features\[1\] must have shape \(B, D\) and labels\[1\] shape \(B,\) with the same B",
-    ):
-        memory_id_loss_across_ranks(parts, [pids[0], pids[1][:-1]], memory, ranks)
-    with pytest.raises(TypeError, match="memory must be a MemoryBank or a"):
-        memory_id_loss_across_ranks(parts, pids, [1.0], ranks)  # type: ignore[arg-type]
+    assert torch.equal(whole_batch_loss([feats], [batch["pid"]], ProcessRanks(), memory), plain)

@@ -11,16 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from toy_ranks import make_batch, make_memory, make_model
+from toy_ranks import make_batch, make_memory, make_model, whole_batch_loss
 
 from metareid import MetaLearner
-from metareid.distributed import (
-    MicroBatchRanks,
-    ProcessRanks,
-    hard_triplet_loss_across_ranks,
-    local_chunks,
-    memory_id_loss_across_ranks,
-)
+from metareid.distributed import MicroBatchRanks, ProcessRanks, local_chunks
 from metareid.functional import hard_triplet_loss, memory_id_loss
 
 pytestmark = pytest.mark.distributed
@@ -30,11 +24,7 @@ def split_loss(ranks, memories):
     def loss_fn(model, batch, domain, phase):
         chunks = local_chunks(batch, ranks)
         feats = [model(c["x"]) for c in chunks]
-        pids = [c["pid"] for c in chunks]
-        normed = [F.normalize(f, dim=1) for f in feats]
-        return hard_triplet_loss_across_ranks(feats, pids, ranks) + memory_id_loss_across_ranks(
-            normed, pids, memories[domain], ranks
-        )
+        return whole_batch_loss(feats, [c["pid"] for c in chunks], ranks, memories[domain])
 
     return loss_fn
 

@@ -57,8 +57,7 @@ def plain_loop(cfg: TrainConfig, iterations: int):
     batches = MultiDomainBatchIterator(loaders)
     model.train()
     losses = [
-        parts.step(model, next(batches), parts.optimizer, parts.learner)
-        for _ in range(iterations)
+        parts.step(model, next(batches), parts.optimizer, parts.learner) for _ in range(iterations)
     ]
     return model, parts, losses
 

@@ -6,7 +6,7 @@ optimizer step, memory update included):
 
 * ``baseline``: all three batches, same losses, no meta-learning;
 * ``m3l-higher`` / ``m3l-func``: :class:`metareid.MetaLearner`, second order;
-* ``first-order-higher`` / ``first-order-func``: the same with ``first_order=True``;
+* ``first-order-higher`` / ``first-order-func``: the same with ``meta_test_grad="first_order"``;
 * ``m3l-reference``: the meta step written the way the published code does it (deep copy
   of the model, updated tensors set on the copy, ``(L_mtr + L_mte).backward()``, and an
   extra no-grad forward of all batches for the memory update).
@@ -175,8 +175,8 @@ def make_runners(s: Setup) -> dict[str, Callable[[], None]]:
     lrn = {
         "m3l-higher": learner(backend="higher"),
         "m3l-func": learner(backend="func"),
-        "first-order-higher": learner(backend="higher", first_order=True),
-        "first-order-func": learner(backend="func", first_order=True),
+        "first-order-higher": learner(backend="higher", meta_test_grad="first_order"),
+        "first-order-func": learner(backend="func", meta_test_grad="first_order"),
     }
     runners: dict[str, Callable[[], None]] = {
         "baseline": s.baseline_step,

@@ -35,7 +35,7 @@ from metareid.engine import TrainConfig, Trainer
 ROWS: dict[str, dict[str, Any]] = {
     "m3l, 2nd order": dict(method="m3l"),
     "meta, 2nd order": dict(method="meta"),
-    "m3l, 1st order": dict(method="m3l", first_order=True),
+    "m3l, 1st order": dict(method="m3l", meta_test_grad="first_order"),
     "baseline": dict(method="baseline"),
 }
 

@@ -58,7 +58,7 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         "same as exact-adam, method=meta (no MetaBN)",
         {"method": "meta", "inner_eps_root": 0.0},
     ),
-    "first-order": ("fresh Adam, eps_root 1e-5, first order", {"first_order": True}),
+    "first-order": ("fresh Adam, eps_root 1e-5, first order", {"meta_test_grad": "first_order"}),
 }
 
 

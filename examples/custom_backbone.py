@@ -10,9 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metareid import HardTripletLoss, MemoryBank, MemoryIDLoss, MetaBN, MetaLearner
+from metareid import (
+    HardTripletLoss,
+    MemoryBank,
+    MemoryIDLoss,
+    MetaBN,
+    MetaLearner,
+    Phase,
+    mixture_count,
+)
 
-NUM_DOMAINS, IDS_PER_DOMAIN, P, K = 3, 10, 4, 4
+NUM_DOMAINS, IDS_PER_DOMAIN, P, K = 3, 10, 4, 4  # any NUM_DOMAINS >= 2 works
 
 
 class MyReIDNet(nn.Module):
@@ -49,11 +57,12 @@ def sample_batch(
     return images, labels
 
 
-def main() -> None:
+def main(num_domains: int = NUM_DOMAINS, iterations: int = 20) -> list[nn.Module]:
+    """Train ``iterations`` M3L steps on ``num_domains`` random domains; return the memories."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     model = MyReIDNet()
-    memories = nn.ModuleList(MemoryBank(IDS_PER_DOMAIN, 64) for _ in range(NUM_DOMAINS))
+    memories = nn.ModuleList(MemoryBank(IDS_PER_DOMAIN, 64) for _ in range(num_domains))
     id_loss, triplet = MemoryIDLoss(temperature=0.05), HardTripletLoss(margin=0.3)
 
     # Memory initialisation (Sec. 3.3): class means of eval-mode features.
@@ -66,18 +75,18 @@ def main() -> None:
 
     stash: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
-    def loss_fn(model: nn.Module, batch: tuple, domain: int, phase: str) -> torch.Tensor:
+    def loss_fn(model: nn.Module, batch: tuple, domain: int, phase: Phase) -> torch.Tensor:
         images, labels = batch
+        k = mixture_count(model)  # MetaBN: k mixtures in meta-test (train mode), else 1
         pooled, feats = model(images)
-        k = feats.shape[0] // labels.shape[0]  # MetaBN: k mixtures in meta-test
-        if k == 1:
+        if phase is not Phase.META_TEST:  # meta-test features are mixtures: never stored
             stash.append((domain, feats.detach(), labels))  # memory update (Eq. 2)
         return id_loss(feats, labels.repeat(k), memories[domain]) + triplet(pooled, labels)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=3.5e-4, weight_decay=5e-4)
     learner = MetaLearner(model, optimizer, generator=torch.Generator().manual_seed(1))
-    for it in range(20):
-        batches = [sample_batch(d, gen) for d in range(NUM_DOMAINS)]
+    for it in range(iterations):
+        batches = [sample_batch(d, gen) for d in range(num_domains)]
         result = learner.step(batches, loss_fn)  # Algorithm 1, one iteration
         for d, feats, labels in stash:
             memories[d].update(feats, labels)
@@ -87,6 +96,7 @@ def main() -> None:
                 f"iter {it:2d}  meta-test domain {result.meta_test_domain}  "
                 f"L_mtr {result.meta_train_loss:.3f}  L_mte {result.meta_test_loss:.3f}"
             )
+    return list(memories)
 
 
 if __name__ == "__main__":

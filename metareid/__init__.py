@@ -2,7 +2,7 @@
 
 The five building blocks of the method:
 
-* :class:`MetaBN` (Eq. 5-7) and :func:`metabn_phase`,
+* :class:`MetaBN` (Eq. 5-7), :func:`metabn_phase` and :func:`mixture_count`,
 * :class:`MemoryBank` (Eq. 2),
 * :class:`MemoryIDLoss` (Eq. 3),
 * :class:`HardTripletLoss` (Eq. 4),
@@ -15,7 +15,7 @@ Pure-function twins live in :mod:`metareid.functional`.
 """
 
 from metareid.inference.extractor import FeatureExtractor
-from metareid.layers.metabn import MetaBN, metabn_phase
+from metareid.layers.metabn import MetaBN, metabn_phase, mixture_count
 from metareid.losses.memory_id import MemoryIDLoss
 from metareid.losses.triplet import HardTripletLoss
 from metareid.memory.bank import MemoryBank
@@ -35,4 +35,5 @@ __all__ = [
     "Phase",
     "__version__",
     "metabn_phase",
+    "mixture_count",
 ]

@@ -167,8 +167,10 @@ class BatchSplit(ABC):
                 (:class:`~metareid.models.ReIDOutput`).
             batch: ``{"img": (B, 3, H, W), "pid": (B,), ...}`` of one domain.
             phase: the MetaBN phase the forward runs in (set by the caller).
-            generators: one ``torch.Generator`` per local chunk for its MetaBN draws, or
-                ``None`` (default) to keep each layer's own.
+            generators: one ``torch.Generator`` per local chunk for its MetaBN draws
+                (chunk ``i`` uses ``generators[i]``; a batch smaller than the number of
+                DataParallel devices has fewer chunks and uses the first ones), or ``None``
+                (default) to keep each layer's own.
             grad: record the graph (default ``True``).
             autocast: zero-argument callable returning the context of the forwards.
 
@@ -183,7 +185,7 @@ class BatchSplit(ABC):
         phase = Phase(phase)
         chunks = self.chunks(batch)
         n = len(chunks)
-        if generators is not None and len(generators) != n:
+        if generators is not None and len(generators) < n:
             raise ValueError(
                 f"generators must hold one torch.Generator per local chunk ({n}), got "
                 f"{len(generators)}"

@@ -136,3 +136,29 @@ def test_test_loader_keeps_order_and_last_batch(records: list[list[ImageRecord]]
         build_test_loader(recs, None, num_workers=-1)
     with pytest.raises(ValueError, match="batch_size"):
         build_test_loader(recs, None, batch_size=0)
+
+
+def test_the_sampler_switch_picks_the_published_rules():
+    from metareid.data import ImageRecord, PublishedIdentitySampler, build_train_loader
+
+    recs = [ImageRecord(f"{i}.jpg", i % 4, i % 2, 0, i % 4) for i in range(16)]
+    loader = build_train_loader(
+        recs, None, num_identities=2, num_instances=2, num_workers=0, sampler="published"
+    )
+    assert isinstance(loader.batch_sampler, PublishedIdentitySampler)
+    chunked = build_train_loader(
+        recs,
+        None,
+        num_identities=2,
+        num_instances=2,
+        num_workers=0,
+        sampler="published",
+        identity_chunk=(0, 2),
+    )
+    assert isinstance(chunked.batch_sampler.sampler, PublishedIdentitySampler)
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        build_train_loader(recs, None, num_workers=0, sampler="random")
+    with pytest.raises(ValueError, match="always prefers other cameras"):
+        build_train_loader(
+            recs, None, num_workers=0, sampler="published", prefer_other_cameras=False
+        )

@@ -142,3 +142,93 @@ def test_run_label_and_preset_line_record_the_preset():
     assert describe_preset(cfg) == (
         "preset: published, overridden: metabn_scale='std' (preset 'var')"
     )
+
+
+def test_every_published_quirk_is_a_switch_with_both_values():
+    from metareid.engine import PRESETS
+
+    published, paper = PRESETS["published"], PRESETS["paper"]
+    expected = {
+        "meta_test_grad": ("second_order_only", "full"),
+        "meta_test_bn_stats": ("update", "frozen"),
+        "stem_relu": (False, True),
+        "load_running_stats": (False, True),
+        "freeze_neck_bias": (False, True),
+        "weight_decay_scope": ("all", "all"),
+        "ibn_init": ("torchvision", "ibn_net"),
+        "sampler": ("published", "balanced"),
+        "dataparallel": (3, 1),
+    }
+    for key, (pub, pap) in expected.items():
+        assert (published[key], paper[key]) == (pub, pap), key
+    assert published["eval_every"] == 1
+
+
+def test_first_order_of_earlier_versions_is_read_as_meta_test_grad():
+    from metareid.engine import TrainConfig
+
+    assert TrainConfig.from_dict({"first_order": True}).meta_test_grad == "first_order"
+    assert TrainConfig.from_dict({"first_order": False}).meta_test_grad == "full"
+    with pytest.raises(ValueError, match=r"first_order=True .* contradicts meta_test_grad='full'"):
+        TrainConfig.from_dict({"first_order": True, "meta_test_grad": "full"})
+    with pytest.raises(ValueError, match=r"first_order \(now meta_test_grad\) must be one of"):
+        TrainConfig.from_dict({"first_order": "yes"})
+    assert not hasattr(TrainConfig(), "first_order")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(dataparallel=0), "dataparallel must be an int >= 1, got 0"),
+        (dict(dataparallel=True), "dataparallel must be an int >= 1, got True"),
+        (dict(dataparallel=2, micro_batches=2), "two ways to split a batch"),
+        (dict(meta_test_grad="second"), "meta_test_grad must be one of"),
+        (dict(meta_test_bn_stats="keep"), "meta_test_bn_stats must be one of"),
+        (dict(weight_decay_scope="bn"), "weight_decay_scope must be one of"),
+        (dict(sampler="random"), "sampler must be one of"),
+        (dict(ibn_init="resnet"), "ibn_init must be one of"),
+    ],
+)
+def test_bad_new_switches_name_the_field(kwargs, match):
+    from metareid.engine import TrainConfig
+
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_the_switches_reach_the_components(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from metareid.distributed import MicroBatchRanks
+    from metareid.engine import DataParallelSplit, IdentitySplit, TrainConfig
+    from metareid.engine.build import build_components, build_model_from_config, build_split
+
+    sources = SimpleNamespace(num_classes_per_domain=[3, 3], pid_offsets=[0, 3])
+    cfg = TrainConfig.from_dict(
+        dict(preset="published", arch="resnet10", pretrained="none", sources=["a", "b"], target="c")
+    )
+    model = build_model_from_config(cfg, sources)  # type: ignore[arg-type]
+    assert model.backbone.stem_relu is False and model.neck.bias.requires_grad
+    assert model.neck.sample_scale == "var"
+    parts = build_components(
+        cfg, model, sources, feat_dim=model.feat_dim, device=torch.device("cpu")
+    )  # type: ignore[arg-type]
+    assert isinstance(parts.split, DataParallelSplit) and parts.split.num_devices == 3
+    assert parts.step.memory_update_timing == "after"
+    assert parts.learner is not None
+    assert parts.learner.meta_test_grad == "second_order_only"
+    assert parts.learner.meta_test_bn_stats == "update"
+    assert len(parts.optimizer.param_groups) == 1  # weight decay on every parameter
+    assert parts.optimizer.param_groups[0]["weight_decay"] == 5e-4
+    other = TrainConfig(weight_decay_scope="no_norm_bias", sources=("a", "b"), target="c")
+    parts = build_components(
+        other, model, sources, feat_dim=model.feat_dim, device=torch.device("cpu")
+    )  # type: ignore[arg-type]
+    decay, free = parts.optimizer.param_groups
+    assert free["weight_decay"] == 0.0 and any(p is model.neck.weight for p in free["params"])
+    assert all(p.dim() > 1 for p in decay["params"])  # conv weights only
+    assert isinstance(build_split(TrainConfig()), IdentitySplit)
+    with pytest.raises(ValueError, match="cannot be combined with ranks"):
+        build_split(TrainConfig(dataparallel=3), MicroBatchRanks(2))

@@ -24,6 +24,20 @@ SWITCHES = [
     ),
     dict(method="m3l", meta_test_grad="first_order", backend="func", inner_state="continue"),
     dict(method="meta", inner_eps=1e-6),
+    dict(  # every switch of the published preset at once, its three GPUs included
+        method="m3l",
+        meta_test_grad="second_order_only",
+        meta_test_bn_stats="update",
+        stem_relu=False,
+        load_running_stats=False,
+        freeze_neck_bias=False,
+        sampler="published",
+        dataparallel=3,
+        memory_update="sequential",
+        memory_update_timing="after",
+        eval_every=1,
+    ),
+    dict(method="baseline", dataparallel=2, weight_decay_scope="no_norm_bias"),
 ]
 
 

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         >>> args.command, args.epochs, args.triplet
         ('train', 3, False)
     """
-    from metareid.engine.config import TrainConfig
+    from metareid.config import TrainConfig
 
     parser = argparse.ArgumentParser(
         prog="metareid", description="Multi-source domain-generalizable person ReID (M3L)."

@@ -1,29 +1,30 @@
-"""Training engine: the M3L trainer, its configuration, schedule and checkpoints."""
+"""Training engine: one M3L iteration (split, objective, step), the trainer around it,
+its callbacks, results and protocols."""
 
+from metareid.config import METHODS, PRESETS, TrainConfig, preset_deviations
 from metareid.engine.build import TrainingComponents, build_components, build_model_from_config
 from metareid.engine.callbacks import Callback
-from metareid.engine.checkpoint import load_checkpoint, save_checkpoint
 from metareid.engine.chunks import BatchOutputs, BatchSplit, DataParallelSplit, IdentitySplit
-from metareid.engine.config import METHODS, PRESETS, TrainConfig, preset_deviations
 from metareid.engine.objective import M3LObjective
 from metareid.engine.protocol import (
-    SplitResults,
     apply_protocol,
     evaluate_final_targets,
     format_split_table,
     protocol_table,
 )
-from metareid.engine.schedule import warmup_multistep_factor, warmup_multistep_scheduler
-from metareid.engine.step import M3LStep
-from metareid.engine.trainer import (
+from metareid.engine.results import (
     EvalResult,
-    Trainer,
+    SplitResults,
     TrainResult,
-    build_dataset_from_spec,
     describe_preset,
     format_results,
     run_label,
 )
+from metareid.engine.run_view import RunView
+from metareid.engine.schedule import warmup_multistep_factor, warmup_multistep_scheduler
+from metareid.engine.step import M3LStep
+from metareid.engine.trainer import Trainer, build_dataset_from_spec
+from metareid.serialization import load_checkpoint, save_checkpoint
 
 __all__ = [
     "METHODS",
@@ -36,6 +37,7 @@ __all__ = [
     "IdentitySplit",
     "M3LObjective",
     "M3LStep",
+    "RunView",
     "SplitResults",
     "TrainConfig",
     "TrainResult",

@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from metareid.config import TrainConfig
 from metareid.distributed import (
     DistributedContext,
     MicroBatchRanks,
@@ -52,7 +53,6 @@ from metareid.distributed import (
 )
 from metareid.engine.build import resolve_device
 from metareid.engine.chunks import BatchSplit
-from metareid.engine.config import TrainConfig
 
 META_TEST_STREAM = 1
 METABN_STREAM = 2

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from metareid.engine.run_view import RunView
 from metareid.evaluation import compute_distance
 from metareid.viz import plot_training_curves, plot_tsne, retrieval_grid, tsne
-
-if TYPE_CHECKING:
-    from metareid.engine.trainer import Trainer
 
 MAX_POINTS_PER_DOMAIN = 300
 NUM_QUERIES = 8
 
 
-def write_pictures(trainer: Trainer) -> list[Path]:
+def write_pictures(trainer: RunView) -> list[Path]:
     """Write ``curves.png``, ``tsne.png`` and ``retrieval.png`` into the run directory.
 
     Curves and t-SNE need matplotlib (``pip install "metareid[viz]"``); the retrieval grid
@@ -39,7 +37,7 @@ def _subsample(records: list[Any], n: int, seed: int) -> list[Any]:
     return [records[i] for i in idx.tolist()]
 
 
-def _tsne(trainer: Trainer, path: Path) -> Path:
+def _tsne(trainer: RunView, path: Path) -> Path:
     """Paper Fig. 5: features of every source and of the target, coloured by domain."""
     feats: list[torch.Tensor] = []
     domains: list[int] = []
@@ -47,7 +45,7 @@ def _tsne(trainer: Trainer, path: Path) -> Path:
     names = [*trainer.sources.names, f"{trainer.cfg.target} (target)"]
     for d, records in enumerate(groups):
         recs = _subsample(list(records), MAX_POINTS_PER_DOMAIN, trainer.cfg.seed + d)
-        f, _, _ = trainer._features(recs)
+        f, _, _ = trainer.features(recs)
         feats.append(f.cpu())
         domains += [d] * len(recs)
     points = torch.cat(feats)
@@ -58,7 +56,7 @@ def _tsne(trainer: Trainer, path: Path) -> Path:
     )
 
 
-def _retrievals(trainer: Trainer, path: Path) -> Path:
+def _retrievals(trainer: RunView, path: Path) -> Path:
     """Top-10 of a few target queries; the distance rows of those queries only."""
     if trainer.last_features is None:
         trainer.evaluate()

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from metareid.config import TrainConfig
 from metareid.data import MultiSourceDataset
 from metareid.distributed import RankGroup
 from metareid.engine.chunks import BatchSplit, DataParallelSplit, IdentitySplit
-from metareid.engine.config import TrainConfig
 from metareid.engine.objective import M3LObjective
 from metareid.engine.schedule import warmup_multistep_scheduler
 from metareid.engine.step import M3LStep
@@ -31,7 +31,7 @@ from metareid.losses.memory_id import MemoryIDLoss
 from metareid.losses.triplet import HardTripletLoss
 from metareid.memory.bank import MemoryBank
 from metareid.meta.learner import MetaLearner
-from metareid.models import ReIDModel, build_model
+from metareid.models import ReIDModel, model_from_config
 
 __all__ = [
     "TrainingComponents",
@@ -82,9 +82,9 @@ def seed_everything(seed: int) -> None:
 def build_model_from_config(cfg: TrainConfig, sources: MultiSourceDataset) -> ReIDModel:
     """The network of ``cfg`` (on the CPU), with classifier heads as ``cfg.id_loss`` needs.
 
-    ``method="m3l"`` keeps the MetaBN neck, whose generator is seeded with ``seed + 2``;
-    ``"meta"`` and ``"baseline"`` replace it by a plain ``BatchNorm1d`` with the same
-    state (the Table 3 ablations).
+    :func:`metareid.models.model_from_config` with ``cfg``'s pretrained weights and the
+    classifier sizes of ``sources``; a MetaBN neck (``method="m3l"``) gets a generator
+    seeded with ``seed + 2``.
 
     Example:
         >>> from metareid.data import MultiSourceDataset, build_dataset
@@ -102,26 +102,9 @@ def build_model_from_config(cfg: TrainConfig, sources: MultiSourceDataset) -> Re
     elif cfg.id_loss == "fc_domain":
         num_classes = list(sources.num_classes_per_domain)
     pretrained: bool | str = {"imagenet": True, "none": False}.get(cfg.pretrained, cfg.pretrained)
-    model = build_model(
-        cfg.arch,
-        pretrained=pretrained,
-        last_stride=cfg.last_stride,
-        stem_relu=cfg.stem_relu,
-        load_running_stats=cfg.load_running_stats,
-        freeze_neck_bias=cfg.freeze_neck_bias,
-        ibn_init=cfg.ibn_init if cfg.arch == "ibn_resnet50a" else "ibn_net",
-        num_classes=num_classes,
-        sample_scale=cfg.metabn_scale,
-        share_lambda=cfg.share_lambda,
-    )
-    neck = model.neck
-    assert isinstance(neck, MetaBN)
-    neck.generator = torch.Generator().manual_seed(cfg.seed + METABN_SEED_OFFSET)
-    if cfg.method != "m3l":  # Table 3 ablations: no MetaBN
-        plain = nn.BatchNorm1d(neck.num_features, eps=neck.eps, momentum=neck.momentum)
-        plain.load_state_dict(neck.state_dict())
-        plain.bias.requires_grad_(neck.bias.requires_grad)
-        model.neck = plain  # type: ignore[assignment]  # the ablation swaps the neck
+    model = model_from_config(cfg, num_classes, pretrained=pretrained)
+    if isinstance(model.neck, MetaBN):
+        model.neck.generator = torch.Generator().manual_seed(cfg.seed + METABN_SEED_OFFSET)
     return model
 
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from metareid.engine.trainer import EvalResult, Trainer, TrainResult
+from metareid.engine.results import EvalResult, TrainResult
+from metareid.engine.run_view import RunView
 
 __all__ = [
     "Callback",
@@ -56,22 +56,22 @@ class Callback:
         0
     """
 
-    def on_fit_start(self, trainer: Trainer, resumed: bool) -> None:
+    def on_fit_start(self, trainer: RunView, resumed: bool) -> None:
         """Before the first epoch; ``resumed``: the state was loaded from ``last.pt``."""
 
-    def on_iteration_end(self, trainer: Trainer, index: int, losses: dict[str, float]) -> None:
+    def on_iteration_end(self, trainer: RunView, index: int, losses: dict[str, float]) -> None:
         """After iteration ``index`` (0-based, within the epoch) with its losses."""
 
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: RunView, record: dict[str, Any]) -> None:
         """After the last iteration of epoch ``trainer.epoch`` (0-based), with its record."""
 
-    def on_epoch_complete(self, trainer: Trainer) -> None:
+    def on_epoch_complete(self, trainer: RunView) -> None:
         """After the schedule stepped; ``trainer.epoch`` now counts the finished epochs."""
 
-    def on_evaluation(self, trainer: Trainer, result: EvalResult) -> None:
+    def on_evaluation(self, trainer: RunView, result: EvalResult) -> None:
         """After every evaluation recorded by the trainer."""
 
-    def on_fit_end(self, trainer: Trainer, result: TrainResult) -> None:
+    def on_fit_end(self, trainer: RunView, result: TrainResult) -> None:
         """After the final evaluation."""
 
 
@@ -89,11 +89,11 @@ class JsonlLog(Callback):
 
     filename = "log.jsonl"
 
-    def path(self, trainer: Trainer) -> Path:
+    def path(self, trainer: RunView) -> Path:
         """Where the log of ``trainer`` is."""
         return Path(trainer.output_dir) / self.filename
 
-    def write(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def write(self, trainer: RunView, record: dict[str, Any]) -> None:
         """Append one record (a no-op except on rank 0)."""
         if not trainer.is_main:
             return
@@ -101,7 +101,7 @@ class JsonlLog(Callback):
         with open(self.path(trainer), "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def on_fit_start(self, trainer: Trainer, resumed: bool) -> None:
+    def on_fit_start(self, trainer: RunView, resumed: bool) -> None:
         if not trainer.is_main:
             return
         if resumed:
@@ -110,20 +110,20 @@ class JsonlLog(Callback):
             self.path(trainer).unlink(missing_ok=True)
             trainer.cfg.save(trainer.output_dir / "config.json")
 
-    def on_iteration_end(self, trainer: Trainer, index: int, losses: dict[str, float]) -> None:
+    def on_iteration_end(self, trainer: RunView, index: int, losses: dict[str, float]) -> None:
         cfg = trainer.cfg
         if (index + 1) % cfg.log_every == 0 or index + 1 == cfg.iters_per_epoch:
             lr = trainer.epoch_lr
             rec = {"kind": "iter", "epoch": trainer.epoch, "iter": trainer.iteration, "lr": lr}
             self.write(trainer, {**rec, **losses})
 
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: RunView, record: dict[str, Any]) -> None:
         self.write(trainer, record)
 
-    def on_evaluation(self, trainer: Trainer, result: EvalResult) -> None:
+    def on_evaluation(self, trainer: RunView, result: EvalResult) -> None:
         self.write(trainer, {"kind": "eval", **result.as_dict()})
 
-    def _truncate(self, trainer: Trainer) -> None:
+    def _truncate(self, trainer: RunView) -> None:
         """Drop log records written after the checkpoint (by the interrupted run)."""
         path = self.path(trainer)
         if not path.is_file():
@@ -153,10 +153,10 @@ class DivergenceWatch(Callback):
         self.history: list[float] = []
         self.warned = False
 
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: RunView, record: dict[str, Any]) -> None:
         self.observe(trainer, record, lambda rec: trainer.log_record(rec))
 
-    def observe(self, trainer: Trainer, record: dict[str, Any], write: Any) -> None:
+    def observe(self, trainer: RunView, record: dict[str, Any], write: Any) -> None:
         """Add ``record``'s loss to the history; warn (``write`` the warning) once."""
         key = "meta_train_loss" if "meta_train_loss" in record else "loss"
         self.history.append(float(record[key]))
@@ -190,7 +190,7 @@ class PeriodicEvaluation(Callback):
         True
     """
 
-    def on_epoch_complete(self, trainer: Trainer) -> None:
+    def on_epoch_complete(self, trainer: RunView) -> None:
         cfg = trainer.cfg
         last = trainer.epoch == cfg.epochs
         if last or (cfg.eval_every and trainer.epoch % cfg.eval_every == 0):
@@ -207,7 +207,7 @@ class Checkpointing(Callback):
 
     filename = "last.pt"
 
-    def on_epoch_complete(self, trainer: Trainer) -> None:
+    def on_epoch_complete(self, trainer: RunView) -> None:
         trainer.save_checkpoint(trainer.output_dir / self.filename)
 
 
@@ -219,7 +219,7 @@ class EndOfRunPictures(Callback):
         True
     """
 
-    def on_fit_end(self, trainer: Trainer, result: TrainResult) -> None:
+    def on_fit_end(self, trainer: RunView, result: TrainResult) -> None:
         if not (trainer.cfg.plots and trainer.is_main):
             return
         try:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from metareid.config import TrainConfig
 from metareid.data import (
     ImageRecord,
     ReIDDataset,
@@ -30,11 +29,9 @@ from metareid.data import (
     protocol_plan,
 )
 from metareid.data.datasets.registry import _REGISTRY
-from metareid.engine.config import TrainConfig
+from metareid.engine.results import EvalResult, SplitResults
+from metareid.engine.run_view import RunView
 from metareid.evaluation import evaluate_features, extract_features
-
-if TYPE_CHECKING:
-    from metareid.engine.trainer import EvalResult, Trainer
 
 __all__ = [
     "SplitResults",
@@ -94,56 +91,6 @@ def apply_protocol(
     )
 
 
-@dataclass(frozen=True)
-class SplitResults:
-    """The accuracy of one target on each of its splits.
-
-    Attributes:
-        target: the target spec.
-        splits: one result per split, in split order.
-
-    Example:
-        >>> from metareid.engine import EvalResult
-        >>> res = SplitResults("prid", (EvalResult(1, 10.0, 20.0, 30.0, 40.0, 5.0),
-        ...                             EvalResult(1, 20.0, 30.0, 40.0, 50.0, 6.0)))
-        >>> res.mean("mAP"), round(res.std("mAP"), 3)
-        (15.0, 7.071)
-    """
-
-    target: str
-    splits: tuple[EvalResult, ...]
-
-    def mean(self, metric: str = "mAP") -> float:
-        """Mean of ``metric`` (``mAP``, ``rank1``, ``rank5``, ``rank10``, ``mINP``) over the splits."""
-        values = self._values(metric)
-        return sum(values) / len(values)
-
-    def std(self, metric: str = "mAP") -> float:
-        """Sample standard deviation (n - 1) of ``metric`` over the splits; 0 for one split."""
-        values = self._values(metric)
-        if len(values) < 2:
-            return 0.0
-        m = sum(values) / len(values)
-        return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
-
-    def _values(self, metric: str) -> list[float]:
-        if metric not in _METRICS:
-            raise ValueError(f"metric must be one of {list(_METRICS)}, got {metric!r}")
-        if not self.splits:
-            raise ValueError(f"target {self.target!r} has no evaluated split")
-        return [float(getattr(r, metric)) for r in self.splits]
-
-    def as_dict(self) -> dict[str, Any]:
-        """Means, standard deviations and the per-split numbers, as plain JSON types."""
-        return {
-            "target": self.target,
-            "num_splits": len(self.splits),
-            "mean": {m: self.mean(m) for m in _METRICS},
-            "std": {m: self.std(m) for m in _METRICS},
-            "splits": [r.as_dict() for r in self.splits],
-        }
-
-
 def target_splits(spec: str) -> list[str]:
     """The spec of every split of a target: all of them, unless the spec names one.
 
@@ -161,7 +108,7 @@ def target_splits(spec: str) -> list[str]:
 
 
 def evaluate_final_targets(
-    trainer: Trainer, targets: Sequence[str] | None = None
+    trainer: RunView, targets: Sequence[str] | None = None
 ) -> dict[str, SplitResults]:
     """Evaluate the trainer's model on every split of each target; nothing is retrained.
 
@@ -183,7 +130,6 @@ def evaluate_final_targets(
             :func:`metareid.data.check_target_not_in_sources`), or the dataset errors.
     """
     from metareid.data import check_target_not_in_sources
-    from metareid.engine.trainer import EvalResult
 
     cfg = trainer.cfg
     specs = tuple(targets if targets is not None else cfg.final_targets)
@@ -227,7 +173,7 @@ def evaluate_final_targets(
 
 
 def _features_once(
-    trainer: Trainer, datasets: Sequence[ReIDDataset]
+    trainer: RunView, datasets: Sequence[ReIDDataset]
 ) -> tuple[torch.Tensor, dict[str, int]]:
     """Features of every distinct image of the datasets' queries and galleries."""
     index: dict[str, int] = {}

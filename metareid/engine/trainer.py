@@ -15,15 +15,15 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from metareid.config import TrainConfig
 from metareid.data import (
     MultiDomainBatchIterator,
     MultiSourceDataset,
@@ -44,16 +44,18 @@ from metareid.engine.callbacks import (
     EndOfRunPictures,
     JsonlLog,
     PeriodicEvaluation,
-    loss_is_growing,
 )
-from metareid.engine.checkpoint import load_checkpoint, save_checkpoint
-from metareid.engine.config import TrainConfig, preset_deviations
+from metareid.engine.results import (
+    EvalResult,
+    TrainResult,
+    describe_preset,
+    format_results,
+    run_label,
+)
 from metareid.evaluation import evaluate_features, extract_features
 from metareid.layers.metabn import MetaBN
 from metareid.memory.bank import MemoryBank
-
-if TYPE_CHECKING:
-    from metareid.engine.protocol import SplitResults
+from metareid.serialization import load_checkpoint, save_checkpoint
 
 __all__ = [
     "EvalResult",
@@ -77,58 +79,6 @@ _RESUMABLE_CHANGES = {
     "micro_batches",
     "check_ranks",
 }
-_loss_is_growing = loss_is_growing  # the name earlier versions had
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Retrieval accuracy on the target domain, in percent.
-
-    Attributes:
-        epoch: The number of completed epochs when evaluated.
-        mAP: Mean average precision.
-        rank1: CMC at rank 1; likewise ``rank5`` and ``rank10``.
-        mINP: Mean inverse negative penalty.
-    """
-
-    epoch: int
-    mAP: float
-    rank1: float
-    rank5: float
-    rank10: float
-    mINP: float
-
-    def as_dict(self) -> dict[str, float]:
-        """The numbers as a dict."""
-        return {
-            "epoch": self.epoch,
-            "mAP": self.mAP,
-            "rank1": self.rank1,
-            "rank5": self.rank5,
-            "rank10": self.rank10,
-            "mINP": self.mINP,
-        }
-
-
-@dataclass
-class TrainResult:
-    """What :meth:`Trainer.fit` returns.
-
-    Attributes:
-        final: The target accuracy after the last epoch.
-        best: The best evaluated epoch by mAP. It is **selected on the target test set**
-            (as the published code does), so it is optimistic; report ``final``.
-        evaluations: Every evaluation, in order.
-        output_dir: Where the checkpoints, the log and the pictures are.
-        splits: Per final target (``config.final_targets``, Protocol 1), the final model's
-            results on each of its splits.
-    """
-
-    final: EvalResult
-    best: EvalResult
-    evaluations: list[EvalResult] = field(default_factory=list)
-    output_dir: Path = Path(".")
-    splits: dict[str, SplitResults] = field(default_factory=dict)
 
 
 class Trainer:
@@ -167,6 +117,9 @@ class Trainer:
     Args:
         config: The run's settings.
         log: Where human-readable lines go (default ``print``).
+        callbacks: Extra :class:`~metareid.engine.Callback` objects, called after the
+            built-in ones (log, divergence watch, evaluation, checkpoint, pictures) at every
+            hook; they see the run through :class:`~metareid.engine.RunView`. Default none.
 
     Example:
         >>> from metareid.engine import TrainConfig, Trainer
@@ -177,7 +130,12 @@ class Trainer:
         >>> result.final.mAP  # doctest: +SKIP
     """
 
-    def __init__(self, config: TrainConfig, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        log: Callable[[str], None] = print,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         config.validate()
@@ -235,12 +193,16 @@ class Trainer:
         self.last_features: tuple[Tensor, ...] | None = None
         self.jsonl = JsonlLog()
         self.divergence = DivergenceWatch()
+        for i, cb in enumerate(callbacks):
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks[{i}] must be a Callback, got {type(cb).__name__}")
         self.callbacks: list[Callback] = [
             self.jsonl,
             self.divergence,
             PeriodicEvaluation(),
             Checkpointing(),
             EndOfRunPictures(),
+            *callbacks,
         ]
 
     # ------------------------------------------------------------------ logging
@@ -413,7 +375,7 @@ class Trainer:
         Under ``torchrun`` the features are extracted in shards and gathered, rank 0 ranks
         them and every rank returns its result.
         """
-        features = self._sharded_features if self.plumbing.processes else self._features
+        features = self._sharded_features if self.plumbing.processes else self.features
         qf, q_pids, q_cams = features(self.target.query)
         gf, g_pids, g_cams = features(self.target.gallery)
         self.last_features = (qf, q_pids, q_cams, gf, g_pids, g_cams)  # for the pictures
@@ -443,8 +405,6 @@ class Trainer:
             f"epoch {res.epoch}: {self.cfg.target} mAP {res.mAP:.1f}  R1 {res.rank1:.1f}  "
             f"R5 {res.rank5:.1f}  R10 {res.rank10:.1f}"
         )
-
-    _record_eval = record_evaluation
 
     def save_checkpoint(self, path: Path) -> None:
         """Write :meth:`state_dict` to ``path`` atomically: rank 0, between two barriers."""
@@ -598,72 +558,13 @@ class Trainer:
             )
         return feats.float(), pids, cams
 
-    def _features(self, records: Any) -> tuple[Tensor, Tensor, Tensor]:
+    def features(self, records: Any) -> tuple[Tensor, Tensor, Tensor]:
         """Evaluation features of ``records`` in this process (no collective)."""
         with self._autocast():
             feats, pids, cams = extract_features(
                 self.model, self._test_loader(records), self.device, flip=self.cfg.flip_eval
             )
         return feats.float(), pids, cams
-
-
-def format_results(results: dict[str, TrainResult]) -> str:
-    """A results table like the paper's Table 3: last epoch, then target-selected best.
-
-    Example:
-        >>> r = EvalResult(10, 40.0, 60.0, 75.0, 80.0, 10.0)
-        >>> print(format_results({"m3l -> x": TrainResult(r, r)}))  # doctest: +NORMALIZE_WHITESPACE
-        | run | mAP | R1 | R5 | R10 | best mAP* | best R1* | best epoch* |
-        |---|---|---|---|---|---|---|---|
-        | m3l -> x | 40.0 | 60.0 | 75.0 | 80.0 | 40.0 | 60.0 | 10 |
-        * best epoch selected on the target test set (optimistic); report the first columns.
-    """
-    lines = [
-        "| run | mAP | R1 | R5 | R10 | best mAP* | best R1* | best epoch* |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in results.items():
-        f, b = r.final, r.best
-        lines.append(
-            f"| {name} | {f.mAP:.1f} | {f.rank1:.1f} | {f.rank5:.1f} | {f.rank10:.1f} | "
-            f"{b.mAP:.1f} | {b.rank1:.1f} | {b.epoch} |"
-        )
-    lines.append(
-        "* best epoch selected on the target test set (optimistic); report the first columns."
-    )
-    return "\n".join(lines)
-
-
-def run_label(cfg: TrainConfig) -> str:
-    """The row name of a run in results tables: method, preset, target.
-
-    Example:
-        >>> run_label(TrainConfig.from_dict({"preset": "published"}))
-        'm3l [published] -> market1501'
-        >>> run_label(TrainConfig.from_dict({"preset": "published", "memory_update": "mean"}))
-        'm3l [published*: memory_update] -> market1501'
-    """
-    preset = ""
-    if cfg.preset != "none":
-        dev = preset_deviations(cfg)
-        preset = f" [{cfg.preset}" + (f"*: {', '.join(dev)}" if dev else "") + "]"
-    return f"{cfg.method}{preset} -> {cfg.target}"
-
-
-def describe_preset(cfg: TrainConfig) -> str:
-    """One line naming the preset and every switch that departs from it.
-
-    Example:
-        >>> describe_preset(TrainConfig())
-        'preset: none (library defaults; see docs/training.md, Presets)'
-    """
-    if cfg.preset == "none":
-        return "preset: none (library defaults; see docs/training.md, Presets)"
-    dev = preset_deviations(cfg)
-    if not dev:
-        return f"preset: {cfg.preset} (every switch as the preset sets it)"
-    changed = ", ".join(f"{k}={v[1]!r} (preset {v[0]!r})" for k, v in dev.items())
-    return f"preset: {cfg.preset}, overridden: {changed}"
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:

@@ -7,8 +7,9 @@
 - :func:`export_model`: TorchScript or ONNX model of the embedding, with its input size
   and normalisation as metadata.
 - :func:`evaluate_checkpoint`: a checkpoint's accuracy on a target, reading nothing else.
-- :func:`model_from_checkpoint`, :func:`build_model_from_config`, :func:`read_checkpoint`:
-  rebuild the network of a run without its data and without downloads.
+- :func:`model_from_checkpoint`, :func:`read_checkpoint` (and
+  :func:`metareid.models.model_from_config`): rebuild the network of a run without its
+  data and without downloads.
 - :func:`save_embeddings`, :func:`load_embeddings`, :func:`save_rankings`: the files of
   ``metareid extract`` and ``metareid search``.
 
@@ -16,14 +17,6 @@ See ``docs/inference.md``.
 """
 
 from metareid.inference._images import IMAGE_EXTENSIONS, list_images
-from metareid.inference.checkpoint import (
-    SUPPORTED_FORMAT,
-    build_model_from_config,
-    classifier_sizes,
-    model_from_checkpoint,
-    plain_batchnorm,
-    read_checkpoint,
-)
 from metareid.inference.evaluate import evaluate_checkpoint
 from metareid.inference.export import (
     EXPORT_FORMATS,
@@ -40,6 +33,12 @@ from metareid.inference.search import (
     search_grid,
     topk_search,
 )
+from metareid.inference.trained_model import (
+    SUPPORTED_FORMAT,
+    classifier_sizes,
+    model_from_checkpoint,
+    read_checkpoint,
+)
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -52,7 +51,6 @@ __all__ = [
     "Extraction",
     "FeatureExtractor",
     "SearchResult",
-    "build_model_from_config",
     "classifier_sizes",
     "evaluate_checkpoint",
     "export_model",
@@ -60,7 +58,6 @@ __all__ = [
     "load_embeddings",
     "model_from_checkpoint",
     "names_to_ids",
-    "plain_batchnorm",
     "read_checkpoint",
     "read_torchscript_metadata",
     "save_embeddings",

@@ -9,10 +9,11 @@ from typing import Any
 
 import torch
 
+from metareid.config import config_value
 from metareid.engine.trainer import EvalResult, build_dataset_from_spec
 from metareid.evaluation import evaluate_features
-from metareid.inference.checkpoint import _config_value, read_checkpoint
 from metareid.inference.extractor import FeatureExtractor
+from metareid.inference.trained_model import read_checkpoint
 
 __all__ = ["evaluate_checkpoint"]
 
@@ -63,21 +64,21 @@ def evaluate_checkpoint(
     """
     state = read_checkpoint(checkpoint)
     cfg = state["config"]
-    spec = target if target is not None else str(_config_value(cfg, "target"))
-    root = Path(data_dir if data_dir is not None else _config_value(cfg, "data_dir"))
+    spec = target if target is not None else str(config_value(cfg, "target"))
+    root = Path(data_dir if data_dir is not None else config_value(cfg, "data_dir"))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    amp_setting = _config_value(cfg, "amp")
+    amp_setting = config_value(cfg, "amp")
     amp = amp_setting == "on" or (
         amp_setting not in ("on", "off") and dev.type == "cuda" and torch.cuda.is_bf16_supported()
     )
     extractor = FeatureExtractor(
         state,
         device=dev,
-        batch_size=batch_size if batch_size is not None else _config_value(cfg, "eval_batch_size"),
-        flip=flip if flip is not None else bool(_config_value(cfg, "flip_eval")),
-        num_workers=workers if workers is not None else _config_value(cfg, "workers"),
+        batch_size=batch_size if batch_size is not None else config_value(cfg, "eval_batch_size"),
+        flip=flip if flip is not None else bool(config_value(cfg, "flip_eval")),
+        num_workers=workers if workers is not None else config_value(cfg, "workers"),
         progress=False,
         amp=amp,
     )
@@ -92,7 +93,7 @@ def evaluate_checkpoint(
         torch.tensor([r.camid for r in dataset.query], dtype=torch.int64),
         torch.tensor([r.camid for r in dataset.gallery], dtype=torch.int64),
         metric="euclidean",
-        rerank=rerank if rerank is not None else bool(_config_value(cfg, "rerank")),
+        rerank=rerank if rerank is not None else bool(config_value(cfg, "rerank")),
     )
     cmc = res.cmc
 

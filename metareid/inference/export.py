@@ -81,9 +81,9 @@ def export_model(
 
     Example:
         >>> import tempfile, os, torch
-        >>> from metareid.inference import build_model_from_config
+        >>> from metareid.models import model_from_config
         >>> cfg = {"arch": "resnet10", "height": 32, "width": 16}
-        >>> ckpt = {"format": 1, "config": cfg, "model": build_model_from_config(cfg).state_dict()}
+        >>> ckpt = {"format": 1, "config": cfg, "model": model_from_config(cfg).state_dict()}
         >>> out = export_model(ckpt, os.path.join(tempfile.mkdtemp(), "m.torchscript"))
         >>> net = torch.jit.load(out)
         >>> net(torch.randn(3, 3, 32, 16)).shape

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 import metareid
 from metareid._validation import check_choice, check_positive_int
+from metareid.config import config_value
 from metareid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
 from metareid.inference._images import (
     IMAGE_EXTENSIONS,
@@ -26,13 +27,12 @@ from metareid.inference._images import (
     list_images,
     warn_skipped,
 )
-from metareid.inference.checkpoint import (
-    _checkpoint_label,
-    _config_value,
+from metareid.inference.trained_model import (
+    checkpoint_label,
     model_from_checkpoint,
-    plain_batchnorm,
     read_checkpoint,
 )
+from metareid.layers.metabn import MetaBN
 from metareid.models import ReIDModel
 
 __all__ = ["EmbeddingNet", "Extraction", "FeatureExtractor"]
@@ -73,7 +73,8 @@ class EmbeddingNet(nn.Module):
             raise TypeError(f"flip must be a bool, got {flip!r}")
         super().__init__()
         self.backbone = model.backbone
-        self.neck = plain_batchnorm(model.neck)
+        neck = model.neck
+        self.neck = neck.to_batchnorm() if isinstance(neck, MetaBN) else neck
         self.normalize_neck = model.normalize_neck
         self.flip = flip
         self.feat_dim = model.feat_dim
@@ -164,9 +165,9 @@ class FeatureExtractor:
 
     Example:
         >>> import numpy as np
-        >>> from metareid.inference import build_model_from_config
+        >>> from metareid.models import model_from_config
         >>> cfg = {"arch": "resnet10", "height": 32, "width": 16}
-        >>> ckpt = {"format": 1, "config": cfg, "model": build_model_from_config(cfg).state_dict()}
+        >>> ckpt = {"format": 1, "config": cfg, "model": model_from_config(cfg).state_dict()}
         >>> extractor = FeatureExtractor(ckpt, device="cpu", batch_size=4)
         >>> images = np.zeros((5, 40, 20, 3), dtype=np.uint8)  # 5 RGB images, any size
         >>> feats = extractor(images)
@@ -208,10 +209,10 @@ class FeatureExtractor:
         self.amp = amp
         self.progress = progress
         state = read_checkpoint(checkpoint)
-        self.source = _checkpoint_label(checkpoint)
+        self.source = checkpoint_label(checkpoint)
         self.config: dict[str, Any] = dict(state["config"])
         self.epoch = int(state.get("epoch", 0))
-        height, width = _config_value(self.config, "height"), _config_value(self.config, "width")
+        height, width = config_value(self.config, "height"), config_value(self.config, "width")
         self.input_size: tuple[int, int] = (int(height), int(width))
         self.mean: tuple[float, ...] = tuple(IMAGENET_MEAN)
         self.std: tuple[float, ...] = tuple(IMAGENET_STD)
@@ -318,10 +319,10 @@ class FeatureExtractor:
         """What a consumer of the embeddings needs to know, as JSON types.
 
         Example:
-            >>> from metareid.inference import build_model_from_config
+            >>> from metareid.models import model_from_config
             >>> cfg = {"arch": "resnet10", "height": 32, "width": 16}
             >>> ckpt = {"format": 1, "config": cfg,
-            ...         "model": build_model_from_config(cfg).state_dict()}
+            ...         "model": model_from_config(cfg).state_dict()}
             >>> FeatureExtractor(ckpt, device="cpu").metadata()["input"]["height"]
             32
         """
@@ -330,8 +331,8 @@ class FeatureExtractor:
             "metareid_version": metareid.__version__,
             "checkpoint": self.source,
             "epoch": self.epoch,
-            "arch": _config_value(self.config, "arch"),
-            "method": _config_value(self.config, "method"),
+            "arch": config_value(self.config, "arch"),
+            "method": config_value(self.config, "method"),
             "input": {
                 "layout": "NCHW",
                 "channels": "RGB",
@@ -351,7 +352,7 @@ class FeatureExtractor:
 
     def __repr__(self) -> str:
         return (
-            f"FeatureExtractor({self.source!r}, arch={_config_value(self.config, 'arch')!r}, "
+            f"FeatureExtractor({self.source!r}, arch={config_value(self.config, 'arch')!r}, "
             f"input_size={self.input_size}, feat_dim={self.feat_dim}, device={str(self.device)!r}, "
             f"flip={self.flip})"
         )

@@ -183,6 +183,37 @@ class MetaBN(nn.BatchNorm1d):
             new.bias.requires_grad_(bn.bias.requires_grad)
         return new.train(bn.training)
 
+    def to_batchnorm(self) -> nn.BatchNorm1d:
+        """A plain ``nn.BatchNorm1d`` with this layer's configuration and state.
+
+        Same parameters (values and ``requires_grad``), buffers, device, dtype and
+        train/eval mode; no storage is shared. In eval mode, and in phase ``"normal"``, it
+        computes what this layer computes. Used for the Table 3 ablations without MetaBN
+        and for deployment.
+
+        Example:
+            >>> import torch
+            >>> bn = MetaBN(4).to_batchnorm()
+            >>> type(bn).__name__, bn.num_features
+            ('BatchNorm1d', 4)
+        """
+        plain = nn.BatchNorm1d(
+            self.num_features,
+            eps=self.eps,
+            momentum=self.momentum,
+            affine=self.affine,
+            track_running_stats=self.track_running_stats,
+        )
+        ref: Tensor | None = next(iter(self.parameters()), None)
+        if ref is None:
+            ref = self.running_mean
+        if ref is not None:
+            plain.to(ref.device, ref.dtype)
+        plain.load_state_dict(self.state_dict())
+        for name, param in plain.named_parameters():
+            param.requires_grad_(getattr(self, name).requires_grad)
+        return plain.train(self.training)
+
     def clear_stats(self) -> None:
         """Forget the recorded meta-train statistics, in place.
 

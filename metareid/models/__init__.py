@@ -1,7 +1,8 @@
 """Networks for M3L: ResNet / IBN-Net-a backbones and the ReID model with a MetaBN BNNeck.
 
 * :func:`build_model` builds ``backbone -> pooling -> MetaBN BNNeck`` by name
-  (:func:`list_models`).
+  (:func:`list_models`); :func:`model_from_config` the network a training config
+  describes (training and inference alike).
 * :class:`ReIDModel` wraps any backbone; in train mode it returns a :class:`ReIDOutput`
   ``(pooled, features, logits)``, in eval mode the normalised feature tensor.
 * :class:`ResNetBackbone`, :class:`IBN` and the builders :func:`resnet18`,
@@ -9,7 +10,7 @@
   stride 1 by default, optional pretrained weights).
 """
 
-from metareid.models.factory import build_model, list_models
+from metareid.models.factory import build_model, list_models, model_from_config
 from metareid.models.neck import ReIDModel, ReIDOutput
 from metareid.models.resnet import (
     IBN,
@@ -31,6 +32,7 @@ __all__ = [
     "build_model",
     "ibn_resnet50a",
     "list_models",
+    "model_from_config",
     "resnet10",
     "resnet18",
     "resnet34",

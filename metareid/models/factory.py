@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from metareid.models.neck import ReIDModel, _check_neck_args
 from metareid.models.resnet import (
@@ -15,7 +16,7 @@ from metareid.models.resnet import (
     resnet50,
 )
 
-__all__ = ["build_model", "list_models"]
+__all__ = ["build_model", "list_models", "model_from_config"]
 
 _BACKBONES: dict[str, Callable[..., ResNetBackbone]] = {
     "resnet10": resnet10,
@@ -114,3 +115,62 @@ def build_model(
         sample_scale=sample_scale,
         share_lambda=share_lambda,
     )
+
+
+def model_from_config(
+    config: Any,
+    num_classes: int | Sequence[int] | None = None,
+    *,
+    pretrained: bool | str | os.PathLike[str] = False,
+) -> ReIDModel:
+    """The network a training config describes: the one definition for training and use.
+
+    Reads ``arch``, ``last_stride``, ``stem_relu``, ``load_running_stats``,
+    ``freeze_neck_bias``, ``ibn_init``, ``metabn_scale``, ``share_lambda`` and ``method``
+    from a :class:`~metareid.config.TrainConfig` or a stored config dict (a checkpoint's
+    ``config``: missing keys take the defaults, earlier keys are renamed, unknown keys
+    ignored; see :func:`metareid.config.config_value`). For ``method="m3l"`` the neck is a
+    :class:`~metareid.MetaBN`, otherwise a plain ``BatchNorm1d``
+    (:meth:`~metareid.MetaBN.to_batchnorm`, the Table 3 ablations).
+
+    Args:
+        config: the run's config.
+        num_classes: classifier heads, as in :func:`build_model`. Default ``None``.
+        pretrained: weights to load, as in :func:`build_model`. Default ``False`` (fresh
+            weights; a checkpoint's weights are loaded afterwards).
+
+    Returns:
+        The model in train mode, on the CPU.
+
+    Raises:
+        ValueError: for an unknown ``method`` or ``arch``.
+
+    Example:
+        >>> model = model_from_config({"arch": "resnet10", "method": "baseline",
+        ...                            "stem_relu": False})
+        >>> type(model.neck).__name__, model.backbone.stem_relu
+        ('BatchNorm1d', False)
+    """
+    from metareid.config import METHODS, config_value
+
+    def get(key: str) -> Any:
+        return config_value(config, key)
+
+    method, arch = get("method"), get("arch")
+    if method not in METHODS:
+        raise ValueError(f"config method must be one of {list(METHODS)}, got {method!r}")
+    model = build_model(
+        arch,
+        pretrained=pretrained,
+        last_stride=get("last_stride"),
+        stem_relu=get("stem_relu"),
+        load_running_stats=get("load_running_stats"),
+        freeze_neck_bias=get("freeze_neck_bias"),
+        ibn_init=get("ibn_init") if arch == "ibn_resnet50a" else "ibn_net",
+        num_classes=num_classes,
+        sample_scale=get("metabn_scale"),
+        share_lambda=get("share_lambda"),
+    )
+    if method != "m3l":  # Table 3 ablations: no MetaBN
+        model.neck = model.neck.to_batchnorm()  # type: ignore[assignment]
+    return model

@@ -120,8 +120,8 @@ def _train_on_ranks(ctx, out, root, iters):
             state["eval"] = result.as_dict()
             if ctx.is_main:
                 local = [
-                    trainer._features(trainer.target.query),
-                    trainer._features(trainer.target.gallery),
+                    trainer.features(trainer.target.query),
+                    trainer.features(trainer.target.gallery),
                 ]
                 qf, q_pids, q_cams = local[0]
                 gf, g_pids, g_cams = local[1]

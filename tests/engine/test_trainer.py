@@ -166,7 +166,7 @@ def test_end_of_run_pictures(tiny_bench, tiny_config, tmp_path):
     ],
 )
 def test_loss_growth_rule(history, growing):
-    from metareid.engine.trainer import _loss_is_growing
+    from metareid.engine.callbacks import loss_is_growing as _loss_is_growing
 
     assert _loss_is_growing(history) is growing
 

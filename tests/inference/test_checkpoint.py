@@ -12,13 +12,11 @@ from metareid import MetaBN
 from metareid.engine import save_checkpoint
 from metareid.inference import (
     SUPPORTED_FORMAT,
-    build_model_from_config,
     classifier_sizes,
     model_from_checkpoint,
-    plain_batchnorm,
     read_checkpoint,
 )
-from metareid.models import build_model
+from metareid.models import build_model, model_from_config
 
 CFG = {"arch": "resnet10", "method": "m3l", "height": 32, "width": 16, "pretrained": "imagenet"}
 
@@ -35,7 +33,7 @@ def no_downloads(monkeypatch):
 
 
 def _state(cfg=CFG, **model_kwargs):
-    model = build_model_from_config(cfg, **model_kwargs)
+    model = model_from_config(cfg, **model_kwargs)
     return {"format": 1, "config": dict(cfg), "epoch": 3, "model": model.state_dict()}
 
 
@@ -73,11 +71,11 @@ def test_unknown_and_missing_config_keys_are_tolerated(no_downloads):
         model_from_checkpoint({**state, "config": {"method": "m3l"}})
 
 
-def test_plain_batchnorm_matches_metabn_in_eval():
+def test_to_batchnorm_matches_metabn_in_eval():
     bn = MetaBN(6)
     bn.train()(torch.randn(10, 6))
     bn.bias.requires_grad_(False)
-    plain = plain_batchnorm(bn)
+    plain = bn.to_batchnorm()
     x = torch.randn(4, 6)
     assert type(plain) is nn.BatchNorm1d and not plain.bias.requires_grad
     assert torch.equal(plain.eval()(x), bn.eval()(x))
@@ -130,6 +128,17 @@ def test_bad_weights_and_method():
     with pytest.raises(ValueError, match="must map names to tensors"):
         model_from_checkpoint({**state, "model": {"neck.weight": [1.0]}})
     with pytest.raises(ValueError, match="config method must be one of"):
-        build_model_from_config({**CFG, "method": "maml"})
+        model_from_config({**CFG, "method": "maml"})
     with pytest.raises(ValueError, match=r"not numbered 0\.\.n-1"):
         classifier_sizes({"classifier.1.weight": torch.ones(2, 2)})
+
+
+def test_the_published_model_switches_survive_the_checkpoint(no_downloads):
+    # A run with the published model (no stem ReLU, trained neck bias) is rebuilt as such.
+    cfg = {**CFG, "stem_relu": False, "freeze_neck_bias": False, "first_order": True}
+    model = model_from_checkpoint(_state(cfg))
+    assert model.backbone.stem_relu is False and model.neck.bias.requires_grad
+    x = torch.randn(2, 3, 32, 16)
+    relu = model_from_checkpoint(_state(CFG))
+    relu.load_state_dict(model.state_dict())
+    assert not torch.allclose(model(x), relu(x))

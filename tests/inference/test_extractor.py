@@ -34,7 +34,7 @@ def folder(tiny_run, tmp_path):
 
 def test_features_equal_the_trainers_evaluation_features(tiny_run, extractor):
     records = tiny_run.target.gallery
-    expected, _, _ = tiny_run._features(records)
+    expected, _, _ = tiny_run.features(records)
     got = extractor([r.path for r in records])
     assert got.shape == expected.shape == (len(records), extractor.feat_dim)
     assert torch.equal(got, expected)

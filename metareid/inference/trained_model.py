@@ -14,7 +14,6 @@ refuses an architecture that does not match.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 import re
@@ -24,25 +23,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from metareid.engine.checkpoint import load_checkpoint
-from metareid.engine.config import METHODS, TrainConfig
-from metareid.models import ReIDModel, build_model
+from metareid.config import config_value
+from metareid.models import ReIDModel, model_from_config
+from metareid.serialization import load_checkpoint
 
 __all__ = [
     "SUPPORTED_FORMAT",
-    "build_model_from_config",
+    "checkpoint_label",
     "classifier_sizes",
     "model_from_checkpoint",
-    "plain_batchnorm",
     "read_checkpoint",
 ]
 
 #: The newest checkpoint ``format`` this version of metareid reads.
 SUPPORTED_FORMAT = 1
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 _HEAD_KEY = re.compile(r"^classifier\.(?:(\d+)\.)?weight$")
 
 
@@ -112,11 +109,6 @@ def read_checkpoint(checkpoint: str | os.PathLike[str] | Mapping[str, Any]) -> d
     return dict(state)
 
 
-def _config_value(config: Mapping[str, Any], key: str) -> Any:
-    """``config[key]``, or the :class:`~metareid.engine.TrainConfig` default when absent."""
-    return config[key] if key in config else _DEFAULTS[key]
-
-
 def classifier_sizes(state_dict: Mapping[str, Tensor]) -> int | list[int] | None:
     """The ``num_classes`` of :class:`ReIDModel` that produced ``state_dict``.
 
@@ -144,78 +136,6 @@ def classifier_sizes(state_dict: Mapping[str, Tensor]) -> int | list[int] | None
     return single
 
 
-def build_model_from_config(
-    config: Mapping[str, Any], num_classes: int | list[int] | None = None
-) -> ReIDModel:
-    """The network of a training run, with fresh weights, built from its config dict.
-
-    Uses ``arch``, ``last_stride``, ``method``, ``metabn_scale`` and ``share_lambda``
-    (missing keys take the :class:`~metareid.engine.TrainConfig` defaults, unknown keys are
-    ignored) and never loads pretrained weights, whatever ``pretrained`` says. For
-    ``method="m3l"`` the neck is a :class:`~metareid.MetaBN`, otherwise a plain
-    ``BatchNorm1d``, as :class:`~metareid.engine.Trainer` builds it.
-
-    Args:
-        config: a :meth:`TrainConfig.to_dict` dict (``checkpoint["config"]``).
-        num_classes: classifier heads, as in :func:`~metareid.models.build_model`; read them
-            from a state dict with :func:`classifier_sizes`. Default ``None``.
-
-    Returns:
-        The model in train mode, on the CPU.
-
-    Raises:
-        ValueError: for an unknown ``method`` or ``arch``.
-
-    Example:
-        >>> model = build_model_from_config({"arch": "resnet10", "method": "baseline"})
-        >>> type(model.neck).__name__, model.feat_dim
-        ('BatchNorm1d', 512)
-    """
-    method = _config_value(config, "method")
-    if method not in METHODS:
-        raise ValueError(f"config method must be one of {list(METHODS)}, got {method!r}")
-    model = build_model(
-        _config_value(config, "arch"),
-        pretrained=False,
-        last_stride=_config_value(config, "last_stride"),
-        num_classes=num_classes,
-        sample_scale=_config_value(config, "metabn_scale"),
-        share_lambda=_config_value(config, "share_lambda"),
-    )
-    if method != "m3l":
-        model.neck = plain_batchnorm(model.neck)  # type: ignore[assignment]  # ablation neck
-    return model
-
-
-def plain_batchnorm(neck: nn.BatchNorm1d) -> nn.BatchNorm1d:
-    """A plain ``BatchNorm1d`` copy of ``neck`` (e.g. a :class:`~metareid.MetaBN`).
-
-    Same parameters, buffers and ``requires_grad`` flags; in eval mode it computes exactly
-    what ``neck`` computes in eval mode.
-
-    Example:
-        >>> from metareid import MetaBN
-        >>> bn = plain_batchnorm(MetaBN(4))
-        >>> type(bn).__name__, bn.num_features
-        ('BatchNorm1d', 4)
-    """
-    plain = nn.BatchNorm1d(
-        neck.num_features,
-        eps=neck.eps,
-        momentum=neck.momentum,
-        affine=neck.affine,
-        track_running_stats=neck.track_running_stats,
-    )
-    ref = next(iter(neck.parameters()), None)
-    if ref is not None:
-        plain.to(ref.device, ref.dtype)
-    plain.load_state_dict(neck.state_dict())
-    for name, param in plain.named_parameters():
-        param.requires_grad_(getattr(neck, name).requires_grad)
-    plain.train(neck.training)
-    return plain
-
-
 def model_from_checkpoint(
     checkpoint: str | os.PathLike[str] | Mapping[str, Any],
     device: str | torch.device = "cpu",
@@ -237,7 +157,7 @@ def model_from_checkpoint(
     Example:
         >>> cfg = {"arch": "resnet10", "method": "m3l", "height": 32, "width": 16}
         >>> state = {"format": 1, "config": cfg,
-        ...          "model": build_model_from_config(cfg).state_dict()}
+        ...          "model": model_from_config(cfg).state_dict()}
         >>> model = model_from_checkpoint(state)
         >>> model.training, type(model.neck).__name__
         (False, 'MetaBN')
@@ -247,7 +167,7 @@ def model_from_checkpoint(
     bad = [k for k, v in weights.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
         raise ValueError(f"checkpoint 'model' must map names to tensors; bad entries {bad[:5]}")
-    model = build_model_from_config(state["config"], classifier_sizes(weights))
+    model = model_from_config(state["config"], classifier_sizes(weights))
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
@@ -259,7 +179,7 @@ def model_from_checkpoint(
     if missing or unexpected or mismatched:
         raise ValueError(
             "the checkpoint weights do not fit the architecture of its config "
-            f"(arch {_config_value(state['config'], 'arch')!r}): missing keys {missing[:5]}, "
+            f"(arch {config_value(state['config'], 'arch')!r}): missing keys {missing[:5]}, "
             f"unexpected keys {unexpected[:5]}, shape mismatches {mismatched[:5]}; was it "
             "written by a newer metareid version?"
         )
@@ -267,8 +187,13 @@ def model_from_checkpoint(
     return model.to(device).eval()
 
 
-def _checkpoint_label(checkpoint: str | os.PathLike[str] | Mapping[str, Any]) -> str:
-    """A short name of ``checkpoint`` for metadata: the file name, or ``"<dict>"``."""
+def checkpoint_label(checkpoint: str | os.PathLike[str] | Mapping[str, Any]) -> str:
+    """A short name of ``checkpoint`` for metadata: the file name, or ``"<dict>"``.
+
+    Example:
+        >>> checkpoint_label("runs/m3l/last.pt"), checkpoint_label({})
+        ('last.pt', '<dict>')
+    """
     if isinstance(checkpoint, (str, os.PathLike)):
         return Path(checkpoint).name
     return "<dict>"

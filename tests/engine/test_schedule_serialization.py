@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metareid.engine import checkpoint as ckpt_mod
+from metareid import serialization as ckpt_mod
 from metareid.engine import (
     load_checkpoint,
     save_checkpoint,

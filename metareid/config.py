@@ -12,7 +12,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-__all__ = ["METHODS", "PRESETS", "RENAMED_KEYS", "TrainConfig", "preset_deviations"]
+__all__ = [
+    "METHODS",
+    "PRESETS",
+    "RENAMED_KEYS",
+    "TrainConfig",
+    "config_value",
+    "preset_deviations",
+]
 
 METHODS = ("baseline", "meta", "m3l")
 ID_LOSSES = ("memory", "fc_global", "fc_domain", "none")
@@ -453,6 +460,29 @@ class TrainConfig:
             if value is not None:
                 data[f.name] = value
         return cls.from_dict(data)
+
+
+def config_value(config: Any, key: str) -> Any:
+    """``key`` of a stored config dict (a checkpoint's ``config``), tolerantly.
+
+    Keys of earlier versions are read under their new names (:data:`RENAMED_KEYS`), a
+    missing key takes the :class:`TrainConfig` default, unknown keys are ignored. A
+    :class:`TrainConfig` is read as is.
+
+    Raises:
+        KeyError: ``key`` is not a :class:`TrainConfig` field.
+
+    Example:
+        >>> config_value({"first_order": True}, "meta_test_grad"), config_value({}, "arch")
+        ('first_order', 'resnet50')
+    """
+    if isinstance(config, TrainConfig):
+        return getattr(config, key)
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    if key not in defaults:
+        raise KeyError(f"{key!r} is not a TrainConfig field")
+    data = _migrate(dict(config))
+    return data[key] if key in data else defaults[key]
 
 
 def _migrate(data: dict[str, Any]) -> dict[str, Any]:

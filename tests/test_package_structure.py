@@ -1,0 +1,109 @@
+"""The shape of the package: a light ``import metareid`` and no import circle anywhere."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "metareid"
+HEAVY = ("metareid.engine", "metareid.distributed", "metareid.inference", "metareid.viz")
+
+
+def test_import_metareid_loads_the_building_blocks_only():
+    code = (
+        "import sys, metareid\n"
+        "print('\\n'.join(m for m in sys.modules if m.startswith('metareid')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    heavy = [m for m in out if m.startswith(HEAVY) or m == "metareid.data.synthetic"]
+    assert not heavy, f"import metareid loads {heavy}"
+    for block in ("metareid.layers.metabn", "metareid.memory.bank", "metareid.meta.learner"):
+        assert block in out
+    # The heavier names still resolve, on first use.
+    code = "import metareid, sys; metareid.FeatureExtractor; print('metareid.inference' in sys.modules)"
+    lazy = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert lazy.stdout.strip() == "True"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every metareid module ``name`` imports, anywhere in the file (functions and
+    ``TYPE_CHECKING`` blocks included)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            # ``from pkg import mod`` imports the module; ``from mod import name`` the module
+            subs = [f"{base}.{a.name}" for a in node.names]
+            targets = [t for t in subs if t in modules] or [base]
+            if len(targets) < len(subs):  # names that are not modules come from ``base``
+                targets.append(base)
+        else:
+            continue
+        found.update(t for t in targets if t in modules and t != name)
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circle_in_the_package():
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    assert graph["metareid.engine.trainer"] >= {"metareid.engine.callbacks"}  # sees imports
+    assert _cycles(graph) == []
+
+
+def test_the_circle_detector_sees_a_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

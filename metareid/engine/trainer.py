@@ -138,6 +138,9 @@ class Trainer:
     ) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        for i, cb in enumerate(callbacks):
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks[{i}] must be a Callback, got {type(cb).__name__}")
         config.validate()
         self.cfg = cfg = config
         self.plumbing = plumbing = _dist.setup(cfg)
@@ -193,9 +196,6 @@ class Trainer:
         self.last_features: tuple[Tensor, ...] | None = None
         self.jsonl = JsonlLog()
         self.divergence = DivergenceWatch()
-        for i, cb in enumerate(callbacks):
-            if not isinstance(cb, Callback):
-                raise TypeError(f"callbacks[{i}] must be a Callback, got {type(cb).__name__}")
         self.callbacks: list[Callback] = [
             self.jsonl,
             self.divergence,

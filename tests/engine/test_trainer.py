@@ -208,3 +208,29 @@ def test_growing_loss_is_warned_once_logged_and_resumed(
     assert resumed.loss_history == [12.2, 11.2, 16.3, 18.1, 19.0, 20.0]
     resumed._watch_loss({"kind": "epoch", key: 30.0}, logf)
     assert len([line for line in lines if line.startswith("warning:")]) == 1
+
+
+def test_user_callbacks_are_called_after_the_built_in_ones(tiny_bench, tiny_config, tmp_path):
+    from metareid.engine import Callback, RunView
+
+    class LossFile(Callback):  # the docs' example: losses to a file of the user's choice
+        def __init__(self, path):
+            self.path = path
+            self.evaluations = 0
+
+        def on_iteration_end(self, trainer: RunView, index, losses):
+            with open(self.path, "a") as f:
+                f.write(f"{trainer.iteration} {losses['loss']:.6f}\n")
+
+        def on_evaluation(self, trainer: RunView, result):
+            self.evaluations += 1
+
+    cb = LossFile(tmp_path / "losses.txt")
+    cfg = tiny_config(tiny_bench, tmp_path / "run", method="baseline")
+    trainer = Trainer(cfg, log=lambda s: None, callbacks=[cb])
+    assert trainer.callbacks[-1] is cb
+    trainer.fit()
+    lines = (tmp_path / "losses.txt").read_text().splitlines()
+    assert [int(line.split()[0]) for line in lines] == [1, 2] and cb.evaluations == 1
+    with pytest.raises(TypeError, match=r"callbacks\[0\] must be a Callback, got builtin_function"):
+        Trainer(cfg, log=lambda s: None, callbacks=[print])  # type: ignore[list-item]

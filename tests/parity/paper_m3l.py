@@ -9,9 +9,9 @@ Network (tiny, standard; the paper uses ResNet-50 / IBN-Net50, Sec. 4.2): a torc
 ResNet-10 (BasicBlocks, one block per stage, ``last_stride`` for layer4), global average
 pooling -> ``pooled`` (B, 512) -> neck BatchNorm1d(512) (the "last batch normalization layer"
 that MetaBN replaces, Sec. 3.4) -> L2 normalisation -> embedding ``f(x)``.
-All BatchNorms: eps 1e-5, momentum 0.1, train mode normalises with the batch statistics
-(biased variance) and moves the running statistics (unbiased variance) exactly like
-``torch.nn.BatchNorm``; eval mode uses the running statistics.
+All BatchNorms (paper silent; reading R12): eps 1e-5, momentum 0.1, train mode normalises
+with the batch statistics (biased variance) and moves the running statistics (unbiased
+variance) exactly like ``torch.nn.BatchNorm``; eval mode uses the running statistics.
 
 Steps of ``PaperM3L.train_iteration`` (Algorithm 1, one iteration, meta-test domain given):
 
@@ -50,8 +50,9 @@ here and marked "(paper silent; reading: ...)" in the code, never claimed as the
   eps 1e-8) with the same coupled weight decay 5e-4 as the outer Adam, alpha = the caller's
   lr (Sec. 4.2 gives alpha and beta the same schedule); fully differentiable
   (create_graph=True, Theta kept in the graph).
-* R6 Eq. 5 "N(mu_i, sigma_i)": sigma_i is the standard deviation sqrt(var_i), var_i the biased
-  mini-batch variance; mu_i and var_i are constants (detached).
+* R6 Eq. 5 "N(mu_i, sigma_i)": the paper calls sigma_i the mini-batch variance (Sec. 3.4);
+  the Gaussian is read as having variance var_i, i.e. standard deviation sqrt(var_i), var_i
+  the biased mini-batch variance; mu_i and var_i are constants (detached).
 * R7 lambda ~ Beta(1, 1) (Eq. 6): one draw per mixture (the caller passes the draws).
 * R8 meta-test forward: train mode with batch statistics; the running statistics it would move
   are discarded (the copied model of Alg. 1 line 7 is thrown away) -> run on buffer copies.
@@ -62,6 +63,13 @@ here and marked "(paper silent; reading: ...)" in the code, never claimed as the
   length (the library's documented addition).
 * R11 in-batch order: meta-train domains in increasing index order; mixture i of MetaBN uses
   the statistics of the i-th meta-train domain, lambdas[i] and noise[i].
+* R12 numerics the paper does not give: BN eps 1e-5 and momentum 0.1; the outer Adam's betas
+  0.9/0.999 and eps 1e-8 with coupled (L2) weight decay; ``last_stride`` (the paper never
+  mentions it; default 1); the initial BN running statistics are the caller's (the paper
+  says "ImageNet-pretrained" only for the weights).
+* Eq. 3 is written per sample; L_M of a batch is its mean over the batch (reading).
+* Eq. 9 and Eq. 10 sum over i = 0..N_S-1 (N_S terms) but divide by N_S - 1: read as the mean
+  over the N_S - 1 meta-train domains / mixtures (an index typo in the paper).
 
 Parameter order (optimizer): torchvision's module order. Adam's update is element-wise per
 parameter, so the order has no numerical effect.

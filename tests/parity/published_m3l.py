@@ -23,7 +23,9 @@ The network
 -----------
 A ResNet-10 in the layout of ``MetaResNetBase`` (resMeta.py:84-124), one published
 ``BasicBlock`` (resMeta.py:52-82) per stage, and the published ``MetaResNet`` head
-(resMeta.py:127-209) with ``num_features=0``, ``norm=True``, ``BNNeck=True``, ``dropout=0``:
+(resMeta.py:127-209) with ``num_features=0``, ``norm=True``, ``BNNeck=True`` (``--BNNeck``
+defaults to False, main.py:254-255, but the trainer unpacks two outputs, trainers.py:65,
+87, 112, so the published runs set it), ``dropout=0``:
 
 * stem: conv 7x7/2 pad 3 -> MetaBatchNorm2d -> max-pool 3/2 pad 1, **no ReLU**
   (resMeta.py:88-90, 114-117);
@@ -53,9 +55,13 @@ The authors wrap the model (main.py:95), each memory (main.py:180) and the inner
   is called directly; otherwise scatter -> ``replicate(module, device_ids[:len(inputs)])`` ->
   ``parallel_apply`` -> gather.  ``num_gpus=1`` is therefore the plain run.
 * ``scatter_gather.py`` / ``_functions.py`` (``Scatter``) / ``comm.py`` ``scatter``: each input
-  tensor is cut along dim 0 with ``tensor.chunk(num_gpus)`` (64 -> 22/22/20, 8 -> 3/3/2, fewer
-  chunks for a batch smaller than ``num_gpus``); non-tensor kwargs (``MTE``, ``save_index``)
-  are copied to every replica.
+  tensor is cut along dim 0 with ``tensor.chunk(num_gpus)`` (64 -> 22/22/20, 8 -> 3/3/2;
+  ``chunk`` can give fewer chunks than ``num_gpus``, e.g. 4 -> 2/2 or 6 over 4 -> 2/2/2);
+  non-tensor kwargs (``MTE``, ``save_index``) are copied to every replica. With fewer
+  chunks than GPUs, ``scatter_kwargs`` pads the missing inputs with ``()`` for the calls
+  that pass keyword arguments (trainers.py:65, 87), so the published code would call a
+  spare replica without ``x`` and raise ``TypeError``; here fewer replicas run instead
+  (INFERENCE: the only sensible reading; the parity tests use 16 -> 6/6/4, never this).
 * ``replicate.py`` + ``torch/csrc/cuda/comm.cpp`` ``broadcast_coalesced`` (``outputs[0] =
   tensors``): replica 0 holds the module's own buffer tensors, replicas 1.. hold copies made
   before any replica runs.  In-place buffer updates (running statistics inside
@@ -110,7 +116,7 @@ from torch import Tensor
 
 BN_MOMENTUM = 0.1  # nn.BatchNorm2d/1d default copied by MetaModules.py:229-233, :336
 BN_EPS = 1e-5  # idem
-FEAT_DIM = 512  # num_features = backbone output channels (resMeta.py:161-163, 165)
+FEAT_DIM = 512  # the tiny backbone's channels (the published ResNet-50: 2048, resMeta.py:156, 163)
 SOURCE_COUNT = 3  # three source domains (main.py:128, 139)
 META_KEYS = ("meta_mean1", "meta_var1", "meta_mean2", "meta_var2")  # MetaModules.py:341-344
 

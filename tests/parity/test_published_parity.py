@@ -47,7 +47,7 @@ from metareid.models import build_model
 
 NUM_DOMAINS, NUM_IDS, P, K = 3, 6, 4, 4
 #: Image size. 16 x 8 keeps the suite fast; the three-GPU emulation over three iterations
-#: runs at 32 x 16 because its 5- and 6-image chunks at 1 x 1 resolution amplify rounding
+#: runs at 32 x 16 because its 6/6/4-image chunks at 1 x 1 resolution amplify rounding
 #: about a millionfold per iteration (measured: relative weight perturbations of 1e-12 moved
 #: the parameters by 1e-6 after one iteration at 16 x 8, by 2e-8 on one device).
 SIZE = (16, 8)
@@ -368,7 +368,9 @@ PUBLISHED_CONTROLS = [
 def published_reference(weights_file):
     """The published transcription's states (3 GPUs) and a metareid run's initial weights."""
     cfg = make_config("published", weights_file, backend="func")
-    _, snapshots = run_pair(cfg, published(3), 2)
+    run, snapshots = run_pair(cfg, published(3), 2)
+    for ours, theirs in snapshots:  # positive control at the controls' own conditions
+        compare(ours, theirs, initial_of(run))
     return [theirs for _, theirs in snapshots]
 
 
@@ -414,7 +416,8 @@ PAPER_CONTROLS = [
 @pytest.fixture(scope="module")
 def paper_reference(weights_file):
     cfg = make_config("paper", weights_file, backend="func")
-    _, snapshots = run_pair(cfg, paper, 1)
+    run, snapshots = run_pair(cfg, paper, 1)
+    compare(*snapshots[0], initial_of(run), rel={"move": PAPER_MOVE_REL})  # positive control
     return snapshots[0][1]
 
 

@@ -362,6 +362,10 @@ class DataParallelSplit(BatchSplit):
     the gradient of this computation, as under DataParallel (whose replicas receive the
     parameters through a differentiable broadcast).
 
+    When ``Tensor.chunk`` yields fewer chunks than devices (4 over 3: 2, 2), fewer replicas
+    run. (The published code would fail there: its model calls pass keyword arguments,
+    and DataParallel then calls a spare replica without input.)
+
     Args:
         num_devices: N >= 1. ``DataParallelSplit(1)`` is the whole batch.
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from metareid.layers.metabn import MetaBN, metabn_phase
 from metareid.meta import _backends
@@ -41,6 +44,8 @@ _INNER_STATES = ("fresh", "continue")
 _BACKENDS = ("higher", "func")
 #: Accepted values of ``meta_test_grad``.
 META_TEST_GRADS = _backends.MODES
+_NO_SECOND_DERIVATIVE = re.compile(r"derivative for (\S+) is not implemented")
+
 #: Accepted values of ``meta_test_bn_stats``.
 META_TEST_BN_STATS = ("frozen", "update")
 
@@ -327,6 +332,8 @@ class MetaLearner:
                         "runs the model at Theta', so every optimised parameter (classifiers "
                         "included) must live inside model"
                     )
+        if backend == "func":
+            _refuse_aliases(model)
         self.model = model
         self.optimizer = optimizer
         self.inner_lr = inner_lr
@@ -417,12 +424,31 @@ class MetaLearner:
 
         model = self.model
         buffers_before = [b.detach().clone() for b in model.buffers()]
+        # Second order differentiates the forwards twice: attention runs on the math kernel,
+        # the one whose backward has a derivative (the fused CPU/CUDA kernels have none).
+        attention = (
+            sdpa_kernel(SDPBackend.MATH)
+            if self.meta_test_grad != "first_order"
+            else contextlib.nullcontext()
+        )
         try:
-            return self._meta_backward(batches, loss_fn, meta_test, train_domains)
-        except BaseException:
+            with attention:
+                return self._meta_backward(batches, loss_fn, meta_test, train_domains)
+        except BaseException as err:
             with torch.no_grad():
                 for b, saved in zip(model.buffers(), buffers_before, strict=True):
                     b.copy_(saved)
+            missing = _NO_SECOND_DERIVATIVE.search(str(err))
+            if isinstance(err, RuntimeError) and missing and self.meta_test_grad != "first_order":
+                raise RuntimeError(
+                    f"the model uses an operation without a second derivative in torch "
+                    f"{torch.__version__}: {missing.group(1)} (its backward cannot be "
+                    f"differentiated), and meta_test_grad={self.meta_test_grad!r} "
+                    "differentiates the meta-train gradient. Use meta_test_grad='first_order', "
+                    "or replace the operation by one with a second derivative (for example "
+                    "nn.Hardsigmoid/nn.Hardswish by x * relu6(x + 3) / 6 written out). The "
+                    "model's buffers and gradients are unchanged."
+                ) from err
             raise
 
     # ------------------------------------------------------------------ internals
@@ -608,6 +634,33 @@ class MetaLearner:
             f"inner_eps_root={self.inner_eps_root}, meta_test_grad={self.meta_test_grad!r}, "
             f"meta_test_bn_stats={self.meta_test_bn_stats!r}, backend={self.backend!r})"
         )
+
+
+def _refuse_aliases(model: nn.Module) -> None:
+    """Raise for a model that registers a submodule or a parameter under two names.
+
+    ``torch.func.functional_call`` does not put such aliases back after the call (a known
+    torch issue): the model would be left computing with stale tensors.
+    """
+    seen: dict[int, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if module is model:
+            continue
+        first = seen.setdefault(id(module), name)
+        if first != name:
+            raise ValueError(
+                f"backend='func' cannot run a model that registers one submodule under two "
+                f"names ({first!r} and {name!r}): torch.func.functional_call does not "
+                "restore such aliases; use backend='higher' or register the module once"
+            )
+    seen.clear()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        first = seen.setdefault(id(p), name)
+        if first != name:
+            raise ValueError(
+                f"backend='func' cannot run a model that registers one parameter under two "
+                f"names ({first!r} and {name!r}, tied weights): use backend='higher'"
+            )
 
 
 def _accumulate(p: Tensor, g: Tensor) -> None:

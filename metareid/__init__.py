@@ -18,6 +18,7 @@ Pure-function twins live in :mod:`metareid.functional`.
 
 from typing import Any
 
+from metareid._validation import set_value_checks, value_checks
 from metareid.layers.metabn import MetaBN, metabn_phase, mixture_count
 from metareid.losses.memory_id import MemoryIDLoss
 from metareid.losses.triplet import HardTripletLoss
@@ -53,4 +54,6 @@ __all__ = [
     "__version__",
     "metabn_phase",
     "mixture_count",
+    "set_value_checks",
+    "value_checks",
 ]

@@ -1,15 +1,21 @@
-"""Private argument checks shared by metareid's building blocks.
+"""The argument checks of metareid, in one module.
 
 Every helper raises ``TypeError`` or ``ValueError`` with a message that names the offending
 argument, the value it received and what was expected. None of them mutates anything, so a
 caller that runs all its checks before touching its state leaves that state unchanged when a
 check fails.
+
+Two checks read tensor values and so force a device-to-host synchronisation on a GPU:
+labels within ``[0, num_classes)`` (:func:`check_labels`) and finite values
+(:func:`check_finite`). :func:`value_checks` turns them off, for a block or for good
+(:func:`set_value_checks`); shape, dtype and type checks always run.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -27,7 +33,55 @@ __all__ = [
     "check_unit_interval",
     "describe",
     "format_ids",
+    "set_value_checks",
+    "value_checks",
+    "value_checks_enabled",
 ]
+
+_VALUE_CHECKS = [True]
+
+
+def value_checks_enabled() -> bool:
+    """Whether the checks that read tensor values (and synchronise a GPU) run.
+
+    Example:
+        >>> value_checks_enabled()
+        True
+    """
+    return _VALUE_CHECKS[0]
+
+
+def set_value_checks(enabled: bool) -> None:
+    """Turn the value checks (label ranges, finiteness) on or off for the process.
+
+    Example:
+        >>> set_value_checks(False); value_checks_enabled()
+        False
+        >>> set_value_checks(True)
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {enabled!r}")
+    _VALUE_CHECKS[0] = enabled
+
+
+@contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """Run a block with the value checks on or off (off: no host sync from metareid's checks).
+
+    Example:
+        >>> import torch
+        >>> from metareid.functional import memory_id_loss
+        >>> with value_checks(False):  # out-of-range labels are not looked for
+        ...     _ = memory_id_loss(torch.randn(2, 3), torch.tensor([0, 1]), torch.randn(2, 3))
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {enabled!r}")
+    before = _VALUE_CHECKS[0]
+    _VALUE_CHECKS[0] = enabled
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS[0] = before
 
 
 def describe(value: object) -> str:
@@ -152,7 +206,7 @@ def check_labels(
             f"{name} must have shape ({batch_size},) to match the batch size of the features, "
             f"got shape {tuple(value.shape)}"
         )
-    if num_classes is not None and value.numel() > 0:
+    if num_classes is not None and value.numel() > 0 and _VALUE_CHECKS[0]:
         out_of_range = (value < 0) | (value >= num_classes)
         if bool(out_of_range.any()):
             bad = torch.unique(value[out_of_range]).tolist()
@@ -163,13 +217,16 @@ def check_labels(
 
 
 def check_finite(name: str, value: Tensor) -> Tensor:
-    """Raise ``ValueError`` if ``value`` holds NaN or infinite entries."""
+    """Raise ``ValueError`` if ``value`` holds NaN or infinite entries (naming the first)."""
+    if not _VALUE_CHECKS[0] or value.numel() == 0:
+        return value
     finite = torch.isfinite(value)
     if not bool(finite.all()):
         count = int((~finite).sum())
+        first = tuple((~finite).nonzero()[0].tolist())
         raise ValueError(
-            f"{name} must be finite, got {count} NaN or infinite entries "
-            f"in a tensor of shape {tuple(value.shape)}"
+            f"{name} must be finite, got {count} NaN or infinite entries in a tensor of shape "
+            f"{tuple(value.shape)} (first at index {first}: {value[first].item()})"
         )
     return value
 

@@ -11,13 +11,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metareid._validation import check_int, describe
+from metareid._validation import check_finite, check_int, describe
 
 __all__ = [
     "as_distances",
     "as_features",
     "as_ids",
-    "check_finite_tensor",
     "check_nonnegative_int",
 ]
 
@@ -119,26 +118,9 @@ def as_feature_pair(x_name: str, x: object, y_name: str, y: object) -> tuple[Ten
         )
     dtype = torch.promote_types(xt.dtype, yt.dtype)
     xt, yt = xt.to(dtype), yt.to(dtype)
-    check_finite_tensor(x_name, xt)
-    check_finite_tensor(y_name, yt)
+    check_finite(x_name, xt)
+    check_finite(y_name, yt)
     return xt, yt
-
-
-def check_finite_tensor(name: str, value: Tensor) -> None:
-    """Raise ``ValueError`` if ``value`` holds NaN or infinite entries."""
-    low_high = torch.aminmax(value) if value.numel() else None
-    if low_high is None:
-        return
-    low, high = float(low_high.min), float(low_high.max)
-    if np.isfinite(low) and np.isfinite(high):
-        return
-    finite = torch.isfinite(value)
-    bad = (~finite).nonzero()[0].tolist()
-    count = int((~finite).sum())
-    raise ValueError(
-        f"{name} must be finite, got {count} NaN or infinite entries "
-        f"(first at index {tuple(bad)}: {value[tuple(bad)].item()})"
-    )
 
 
 def check_nonnegative_int(name: str, value: object) -> int:

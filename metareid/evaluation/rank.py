@@ -27,12 +27,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metareid._validation import check_choice, check_positive_int, check_unit_interval
+from metareid._validation import (
+    check_choice,
+    check_finite,
+    check_positive_int,
+    check_unit_interval,
+)
 from metareid.evaluation._checks import (
     as_distances,
     as_feature_pair,
     as_ids,
-    check_finite_tensor,
     check_nonnegative_int,
 )
 from metareid.evaluation._ranking import Cuhk03Accumulator, GalleryIndex, MarketAccumulator
@@ -157,7 +161,7 @@ def evaluate_rank(
     q_pids_t, g_pids_t, q_cams_t, g_cams_t = _check_ids(
         q_pids, g_pids, q_camids, g_camids, num_q, num_g
     )
-    check_finite_tensor("distmat", dist)
+    check_finite("distmat", dist)
     gallery = GalleryIndex(g_pids_t, g_cams_t)
     market = MarketAccumulator(gallery, max_rank)
     step = max(1, _RANK_CHUNK_ELEMENTS // num_g)
@@ -274,7 +278,7 @@ def evaluate_features(
         for start in range(0, num_q, chunk_size):
             stop = min(start + chunk_size, num_q)
             dist = reranker.rows(start, stop)
-            check_finite_tensor("re-ranked distances", dist)
+            check_finite("re-ranked distances", dist)
             market.update(dist, q_pids_t[start:stop], q_cams_t[start:stop])
             if protocol_name == "cuhk03":
                 cuhk03.update(dist, q_pids_t[start:stop], q_cams_t[start:stop])

@@ -18,6 +18,7 @@ Every other switch follows ``--preset`` (default ``published``).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import time
@@ -27,24 +28,17 @@ from typing import Any
 from metareid.data import prepare_synthetic_benchmark
 from metareid.engine import TrainConfig, Trainer
 
-SETTINGS: dict[str, Any] = dict(  # the example's SYNTHETIC settings
-    arch="resnet10",
-    pretrained="none",
-    height=32,
-    width=16,
-    num_identities=8,
-    num_instances=4,
-    epochs=6,
-    iters_per_epoch=12,
-    warmup_epochs=1,
-    milestones=[4],
-    lr=1e-3,
-    workers=0,
-    plots=False,
-    progress=False,
-    log_every=1,
-    eval_every=0,
-)
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "reproduce_m3l.py"
+
+
+def example_settings() -> dict[str, Any]:
+    """The CPU settings of ``examples/reproduce_m3l.py`` (its ``SYNTHETIC``), every iteration
+    logged, no evaluation."""
+    spec = importlib.util.spec_from_file_location("reproduce_m3l", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return dict(example.SYNTHETIC, progress=False, log_every=1, eval_every=0)
 
 
 def run(args: argparse.Namespace, mode: str, seed: int) -> list[dict[str, Any]]:
@@ -52,10 +46,10 @@ def run(args: argparse.Namespace, mode: str, seed: int) -> list[dict[str, Any]]:
     domains = range(4)
     cfg = TrainConfig.from_dict(
         dict(
-            SETTINGS,
+            example_settings(),
             preset=args.preset,
             meta_test_grad=mode,
-            eval_every=0,  # no evaluations: this measures gradients only
+            eval_every=0,  # no evaluations (the preset's eval_every): gradients only
             data_dir=args.synthetic_dir,
             sources=[f"synthetic:{d}" for d in domains if d != args.target],
             target=f"synthetic:{args.target}",
@@ -90,7 +84,7 @@ def main() -> None:
             ratios = [r["meta_test_grad_norm"] / r["meta_train_grad_norm"] for r in records]
             curves.setdefault(mode, []).append(ratios)
             for epoch in sorted({r["epoch"] for r in records}):
-                vals = [x for x, r in zip(ratios, records) if r["epoch"] == epoch]
+                vals = [x for x, r in zip(ratios, records, strict=True) if r["epoch"] == epoch]
                 print(
                     f"| {args.preset} | {mode} | {seed} | {epoch + 1} | "
                     f"{statistics.median(vals):.2e} | {min(vals):.2e} | {max(vals):.2e} | "

@@ -41,6 +41,15 @@ def batch(n_ids: int = 4, k: int = 2, seed: int = 0, size=(8, 4)) -> dict:
     }
 
 
+def make_banks(n: int = 3, **kw) -> list[MemoryBank]:
+    banks = []
+    for _ in range(n):
+        bank = MemoryBank(4, DIM, dtype=torch.float64, **kw)
+        bank.init_from(F.normalize(torch.randn(4, DIM, dtype=torch.float64)), torch.arange(4))
+        banks.append(bank)
+    return banks
+
+
 def bn_state(model: nn.Module) -> list[torch.Tensor]:
     return [b.clone() for n, b in model.named_buffers() if "running" in n]
 
@@ -171,11 +180,7 @@ def test_meta_test_bn_stats_update_keeps_the_meta_test_forward(backend, split_ki
         "dataparallel": DataParallelSplit(3),
     }[split_kind]
     batches = [batch(seed=s) for s in (4, 5, 6)]
-    banks = []
-    for _ in range(3):
-        bank = MemoryBank(4, DIM, dtype=torch.float64)
-        bank.init_from(F.normalize(torch.randn(4, DIM, dtype=torch.float64)), torch.arange(4))
-        banks.append(bank)
+    banks = make_banks()
     stats = {}
     for mode in ("frozen", "update"):
         model = tiny_model()
@@ -199,11 +204,7 @@ def test_grad_norms_are_the_two_terms():
     model = tiny_model()
     model.neck = nn.BatchNorm1d(DIM).double()  # type: ignore[assignment]
     batches = [batch(seed=s) for s in (7, 8, 9)]
-    banks = []
-    for _ in range(3):
-        bank = MemoryBank(4, DIM, dtype=torch.float64)
-        bank.init_from(F.normalize(torch.randn(4, DIM, dtype=torch.float64)), torch.arange(4))
-        banks.append(bank)
+    banks = make_banks()
     step = M3LStep(M3LObjective(banks, 3))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     learner = MetaLearner(model, opt, meta_test_grad="second_order_only")
@@ -245,11 +246,7 @@ def test_bad_input():
 def test_dataparallel_split_with_a_mixing_neck_trains_end_to_end():
     # Three domains, three replicas, second order: finite, moves, never writes a mixture.
     model = tiny_model()
-    banks = []
-    for _ in range(3):
-        bank = MemoryBank(4, DIM, dtype=torch.float64, update="sequential")
-        bank.init_from(F.normalize(torch.randn(4, DIM, dtype=torch.float64)), torch.arange(4))
-        banks.append(bank)
+    banks = make_banks(update="sequential")
     step = M3LStep(M3LObjective(banks, 3), DataParallelSplit(3), memory_update_timing="after")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     learner = MetaLearner(model, opt, meta_test_grad="second_order_only")

@@ -225,20 +225,7 @@ class Published:
         return self.ref.train_iteration(batches, META_TEST[it], draws)
 
     def state(self) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {}
-        for name, p in self.ref.params.items():
-            key = name.replace("feat_bn.", "neck:")
-            out[f"param:{key}"] = p.detach().clone()
-            st = self.ref.optimizer.state.get(p, {})
-            for k in ("exp_avg", "exp_avg_sq"):
-                if k in st:
-                    out[f"{k}:{key}"] = st[k].clone()
-        for name, b in self.ref.buffers.items():
-            if name.endswith(("running_mean", "running_var")):
-                out[f"buffer:{name.replace('feat_bn.', 'neck:')}"] = b.clone()
-        for d, m in enumerate(self.ref.memories):
-            out[f"memory:{d}"] = m.clone()
-        return out
+        return reference_state(self.ref, "feat_bn.")
 
 
 class Paper:
@@ -253,19 +240,26 @@ class Paper:
         return self.ref.train_iteration(batches, META_TEST[it], lam, noise)
 
     def state(self) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {}
-        for name, p in self.ref.params.items():
-            key = name.replace("neck.", "neck:")
-            out[f"param:{key}"] = p.detach().clone()
-            st = self.ref.optimizer.state.get(p, {})
-            for k in ("exp_avg", "exp_avg_sq"):
-                if k in st:
-                    out[f"{k}:{key}"] = st[k].clone()
-        for name, b in self.ref.buffers.items():
-            out[f"buffer:{name.replace('neck.', 'neck:')}"] = b.clone()
-        for d, m in enumerate(self.ref.memories):
-            out[f"memory:{d}"] = m.clone()
-        return out
+        return reference_state(self.ref, "neck.")
+
+
+def reference_state(ref: Any, neck: str) -> dict[str, Tensor]:
+    """A transcription's parameters, Adam state, running statistics and memories, under the
+    names of :meth:`Metareid.state` (its neck prefix ``neck`` becomes ``neck:``)."""
+    out: dict[str, Tensor] = {}
+    for name, p in ref.params.items():
+        key = name.replace(neck, "neck:")
+        out[f"param:{key}"] = p.detach().clone()
+        st = ref.optimizer.state.get(p, {})
+        for k in ("exp_avg", "exp_avg_sq"):
+            if k in st:
+                out[f"{k}:{key}"] = st[k].clone()
+    for name, b in ref.buffers.items():
+        if name.endswith(("running_mean", "running_var")):
+            out[f"buffer:{name.replace(neck, 'neck:')}"] = b.clone()
+    for d, m in enumerate(ref.memories):
+        out[f"memory:{d}"] = m.clone()
+    return out
 
 
 # ---------------------------------------------------------------------------- comparison

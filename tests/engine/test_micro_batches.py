@@ -23,7 +23,7 @@ from metareid.evaluation import extract_features
 
 
 def plain_loop(cfg: TrainConfig, iterations: int):
-    """Three iterations written out with the public components and M3LObjective.step."""
+    """Three iterations written out with the public components and M3LStep."""
     seed_everything(cfg.seed)
     sources = MultiSourceDataset(
         [build_dataset_from_spec(s, cfg.data_dir) for s in cfg.sources], names=list(cfg.sources)

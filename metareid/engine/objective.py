@@ -15,16 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metareid.config import ID_LOSSES
 from metareid.engine.chunks import BatchOutputs
 from metareid.functional.memory_id import memory_id_loss
 from metareid.losses.memory_id import MemoryIDLoss
 from metareid.losses.triplet import HardTripletLoss
 from metareid.memory.bank import MemoryBank
 
-__all__ = ["ID_LOSSES", "M3LObjective"]
-
-#: Accepted values of ``id_loss``.
-ID_LOSSES = ("memory", "fc_global", "fc_domain", "none")
+__all__ = ["M3LObjective"]
 
 
 class M3LObjective:

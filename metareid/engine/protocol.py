@@ -42,8 +42,6 @@ __all__ = [
     "target_splits",
 ]
 
-_METRICS = ("mAP", "rank1", "rank5", "rank10", "mINP")
-
 
 def apply_protocol(
     cfg: TrainConfig,

@@ -235,29 +235,23 @@ def build_train_loader(
     seed_tuple = (seed,) if isinstance(seed, int) else tuple(seed)
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
-    base: IdentityBalancedSampler
+    options: dict[str, Any] = {"prefer_other_cameras": prefer_other_cameras}
+    cls: type[IdentityBalancedSampler] = IdentityBalancedSampler
     if sampler == "published":
         if not prefer_other_cameras:
             raise ValueError(
                 "sampler='published' always prefers other cameras (the authors' rules); got "
                 "prefer_other_cameras=False"
             )
-        base = PublishedIdentitySampler.from_records(
-            records,
-            num_identities=num_identities,
-            num_instances=num_instances,
-            infinite=infinite,
-            seed=seed_tuple,
-        )
-    else:
-        base = IdentityBalancedSampler.from_records(
-            records,
-            num_identities=num_identities,
-            num_instances=num_instances,
-            prefer_other_cameras=prefer_other_cameras,
-            infinite=infinite,
-            seed=seed_tuple,
-        )
+        cls, options = PublishedIdentitySampler, {}
+    base = cls.from_records(
+        records,
+        num_identities=num_identities,
+        num_instances=num_instances,
+        infinite=infinite,
+        seed=seed_tuple,
+        **options,
+    )
     batch_sampler: IdentityBalancedSampler | IdentityChunkSampler = base
     if identity_chunk is not None:
         if not (isinstance(identity_chunk, tuple) and len(identity_chunk) == 2):

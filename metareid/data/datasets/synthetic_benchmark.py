@@ -1,4 +1,4 @@
-"""Reader of one domain of the built-in synthetic benchmark (written in the Market-1501 layout)."""
+"""Dataset reader of the built-in synthetic benchmark: one domain, in the Market-1501 layout."""
 
 from __future__ import annotations
 

@@ -1,16 +1,8 @@
-"""Built-in synthetic multi-domain person ReID benchmark, written to disk like Market-1501.
+"""Renderer of the built-in synthetic benchmark: parameters and seeds in, images and labels out.
 
-:func:`generate_synthetic_benchmark` draws small pedestrians with NumPy and Pillow and saves
-them as JPEG files in the Market-1501 layout and naming, one dataset folder per domain::
-
-    root/
-      synthetic_manifest.json          parameters and counts (see prepare_synthetic_benchmark)
-      synth_d0/Market-1501-v15.09.15/{bounding_box_train,query,bounding_box_test}/*.jpg
-      synth_d1/...
-      ...
-
-so that the real loading code reads it (:class:`~metareid.data.Market1501` on
-``root/synth_d<k>``, or ``build_dataset("synthetic", root, domain=k)``).
+Everything here happens in memory: :class:`DomainRenderer` draws the images of one domain
+with NumPy and Pillow and yields them with their labels (split, person id, camera);
+:mod:`metareid.data.synthetic.cache` names, encodes, writes, hashes and reuses the files.
 
 **Identities.** A person is a set of clothing attributes: top colour and pattern (plain,
 horizontal stripes, vertical stripes or checks, with a second colour and a stripe width),
@@ -37,114 +29,43 @@ one (see ``docs/data.md``), so domain generalization methods have something to i
 **Splits.** Per domain: train ids ``1..N`` with their images spread over at least two
 cameras; test ids ``N+1..N+M`` (disjoint from train), each seen by at least two cameras with
 ``test_images_per_camera`` images per camera: the first image of each camera is a query
-(one query per id per camera), the others go to the gallery. Distractors (id ``0000``,
-people not in the query) are added to the gallery, and junk boxes (id ``-1``: background or
-a person cut by the box border) too; the loaders drop the junk.
+(one query per id per camera), the others go to the gallery. Distractors (id ``0``, people
+not in the query) are added to the gallery, and junk boxes (id ``-1``: background or a
+person cut by the box border) too; the loaders drop the junk.
 
-The output depends only on the parameters (same seed, same bytes, with the same Pillow and
-libjpeg), and a domain's content does not depend on ``num_domains``.
+The images depend only on the parameters (same seed, same pixels, with the same NumPy and
+Pillow), and a domain's images do not depend on ``num_domains``: domain ``d`` draws from
+its own generators, seeded with ``[seed, d, k]``.
 """
 
 from __future__ import annotations
 
 import colorsys
-import hashlib
-import json
 import math
-import os
-import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from metareid._validation import check_positive_int
-from metareid.data.datasets.base import ImageRecord, SplitStats, split_stats
-from metareid.data.datasets.synthetic import SYNTHETIC_DOMAIN_DIR
 
 __all__ = [
     "GENERATOR_VERSION",
-    "MANIFEST_NAME",
-    "SyntheticBenchmark",
-    "SyntheticDomain",
-    "generate_synthetic_benchmark",
-    "load_synthetic_manifest",
-    "prepare_synthetic_benchmark",
+    "DomainRenderer",
+    "RenderedImage",
+    "Split",
+    "benchmark_params",
 ]
 
 GENERATOR_VERSION = 1
 """Version of the drawing code; a manifest of another version triggers regeneration."""
 
-MANIFEST_NAME = "synthetic_manifest.json"
-"""File name of the manifest written under the benchmark root."""
+Split = Literal["train", "query", "gallery"]
+"""The split an image belongs to."""
 
-_MARKET_DIR = "Market-1501-v15.09.15"
-_SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 _SUPERSAMPLE = 2  # people are drawn at twice the output size, then box-filtered down
-
-
-@dataclass(frozen=True)
-class SyntheticDomain:
-    """What one generated domain holds.
-
-    Attributes:
-        index: domain index ``d``.
-        name: folder name, ``synth_d<d>``.
-        style: name of the domain's style, e.g. ``"daylight"``.
-        root: ``<benchmark root>/synth_d<d>``, a root for :class:`~metareid.data.Market1501`.
-        num_cameras: cameras of the domain.
-        train: counts of the train split as the loaders report them.
-        query: counts of the query split.
-        gallery: counts of the gallery split (distractors included, junk excluded).
-        num_junk: junk files (id -1) in the gallery folder, dropped by the loaders.
-
-    Example:
-        >>> d = SyntheticDomain(0, "synth_d0", "daylight", Path("x/synth_d0"), 4,
-        ...                     SplitStats(2, 8, 4), SplitStats(1, 2, 2), SplitStats(1, 4, 2), 0)
-        >>> d.train.num_imgs
-        8
-    """
-
-    index: int
-    name: str
-    style: str
-    root: Path
-    num_cameras: int
-    train: SplitStats
-    query: SplitStats
-    gallery: SplitStats
-    num_junk: int
-
-
-@dataclass(frozen=True)
-class SyntheticBenchmark:
-    """Metadata of a generated benchmark, as stored in its manifest.
-
-    Attributes:
-        root: the benchmark root.
-        params: the generation parameters (the arguments of
-            :func:`generate_synthetic_benchmark` except ``root``).
-        domains: one entry per domain.
-        generated: True when the call that returned this wrote the files, False when it
-            found them already in place.
-
-    Example:
-        >>> SyntheticBenchmark(Path("x"), {"seed": 0}, ()).num_domains
-        0
-    """
-
-    root: Path
-    params: dict[str, Any]
-    domains: tuple[SyntheticDomain, ...]
-    generated: bool = field(default=False, compare=False)
-
-    @property
-    def num_domains(self) -> int:
-        """Number of domains."""
-        return len(self.domains)
 
 
 # --------------------------------------------------------------------------------------------
@@ -598,7 +519,9 @@ def _draw_person(
 
 
 @dataclass
-class _Renderer:
+class _ImageRenderer:
+    """Draws single images of one domain; ``rng`` advances with every image."""
+
     style: _Style
     cameras: list[_Camera]
     size: tuple[int, int]  # output (H, W)
@@ -666,10 +589,10 @@ class _Renderer:
 
 
 # --------------------------------------------------------------------------------------------
-# Public API.
+# Public API: parameters, and a domain's images with their labels.
 
 
-def _params(
+def benchmark_params(
     seed: int,
     num_domains: int,
     train_ids_per_domain: int,
@@ -681,7 +604,21 @@ def _params(
     num_junk: int,
     image_size: Sequence[int],
 ) -> dict[str, Any]:
-    """Check the generation parameters and return them as a JSON-ready dict."""
+    """Check the parameters of the synthetic benchmark and return them as a JSON-ready dict.
+
+    The arguments are those of :func:`~metareid.data.generate_synthetic_benchmark` except
+    ``root`` (see there for their meaning and defaults), here all required; the dict is
+    what :class:`DomainRenderer` reads and what the cache's manifest records.
+
+    Raises:
+        ValueError: a parameter out of range (the message names it).
+        TypeError: ``num_cameras`` or a count that must be >= 1 is not an int.
+
+    Example:
+        >>> params = benchmark_params(0, 1, 3, 2, 4, 3, 4, 0, 0, (64, 32))
+        >>> params["image_size"], params["num_cameras"]
+        ([64, 32], 4)
+    """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     check_positive_int("num_domains", num_domains)
@@ -727,313 +664,118 @@ def _params(
     }
 
 
-def _write_domain(root: Path, index: int, params: dict[str, Any]) -> dict[str, Any]:
-    """Write domain ``index`` and return its manifest entry."""
-    seed, num_cameras = params["seed"], params["num_cameras"]
-    size = (params["image_size"][0], params["image_size"][1])
-    style_rng = np.random.default_rng([seed, index, 0])
-    style = _PRESETS[index] if index < len(_PRESETS) else _random_style(index, style_rng)
-    canvas = (size[0] * _SUPERSAMPLE, size[1] * _SUPERSAMPLE)
-    cameras = _cameras(style, num_cameras, canvas, np.random.default_rng([seed, index, 1]))
-    people_rng = np.random.default_rng([seed, index, 2])
-    renderer = _Renderer(style, cameras, size, np.random.default_rng([seed, index, 3]))
+@dataclass(frozen=True)
+class RenderedImage:
+    """One rendered image and its labels.
 
-    base = root / SYNTHETIC_DOMAIN_DIR.format(index) / _MARKET_DIR
-    folders = {split: base / name for split, name in _SPLIT_DIRS.items()}
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    frames = [0] * num_cameras
-    records: dict[str, list[ImageRecord]] = {"train": [], "query": [], "gallery": []}
-    junk_count = 0
+    Attributes:
+        image: the RGB image, ``image_size`` ``(H, W)`` pixels (Pillow size ``(W, H)``).
+        split: ``"train"``, ``"query"`` or ``"gallery"``.
+        pid: person id: ``1..N`` the train ids, ``N+1..N+M`` the test ids, ``0`` a
+            distractor, ``-1`` junk (background or a person cut by the box border).
+        camera: camera index, from 0.
 
-    def save(image: Image.Image, split: str, pid: int, camera: int) -> None:
-        frames[camera] += 1
-        stem = f"{pid:04d}" if pid >= 0 else str(pid)
-        name = f"{stem}_c{camera + 1}s1_{frames[camera]:06d}_01.jpg"
-        path = folders[split] / name
-        image.save(path, format="JPEG", quality=style.jpeg_quality)
-        records[split].append(ImageRecord(str(path), pid, camera, index, pid))
+    Example:
+        >>> RenderedImage(Image.new("RGB", (16, 32)), "train", 1, 0).pid
+        1
+    """
 
-    def camera_subset() -> list[int]:
-        count = int(people_rng.integers(2, num_cameras + 1))
-        return sorted(int(c) for c in people_rng.choice(num_cameras, size=count, replace=False))
-
-    num_train, num_test = params["train_ids_per_domain"], params["test_ids_per_domain"]
-    for pid in range(1, num_train + 1):
-        person = _identity(people_rng, style)
-        cams = camera_subset()
-        for k in range(params["train_images_per_id"]):
-            camera = cams[k % len(cams)]
-            save(renderer.render(person, camera), "train", pid, camera)
-    for pid in range(num_train + 1, num_train + num_test + 1):
-        person = _identity(people_rng, style)
-        for camera in camera_subset():
-            for k in range(params["test_images_per_camera"]):
-                split = "query" if k == 0 else "gallery"
-                save(renderer.render(person, camera), split, pid, camera)
-    for _ in range(params["num_distractors"]):
-        camera = int(people_rng.integers(num_cameras))
-        save(renderer.render(_identity(people_rng, style), camera), "gallery", 0, camera)
-    for _ in range(params["num_junk"]):
-        camera = int(people_rng.integers(num_cameras))
-        junk_person = _identity(people_rng, style) if people_rng.random() < 0.5 else None
-        save(renderer.render(junk_person, camera, junk=True), "gallery", -1, camera)
-        junk_count += 1
-
-    kept = {split: [r for r in recs if r.pid != -1] for split, recs in records.items()}
-    return {
-        "index": index,
-        "name": SYNTHETIC_DOMAIN_DIR.format(index),
-        "style": style.name,
-        "num_cameras": num_cameras,
-        "train": list(split_stats(kept["train"])),
-        "query": list(split_stats(kept["query"])),
-        "gallery": list(split_stats(kept["gallery"])),
-        "num_junk": junk_count,
-        "num_files": {split: len(recs) for split, recs in records.items()},
-    }
+    image: Image.Image
+    split: Split
+    pid: int
+    camera: int
 
 
-def _benchmark(root: Path, manifest: dict[str, Any], generated: bool) -> SyntheticBenchmark:
-    domains = tuple(
-        SyntheticDomain(
-            index=d["index"],
-            name=d["name"],
-            style=d["style"],
-            root=root / d["name"],
-            num_cameras=d["num_cameras"],
-            train=SplitStats(*d["train"]),
-            query=SplitStats(*d["query"]),
-            gallery=SplitStats(*d["gallery"]),
-            num_junk=d["num_junk"],
-        )
-        for d in manifest["domains"]
-    )
-    return SyntheticBenchmark(root, dict(manifest["params"]), domains, generated)
+class DomainRenderer:
+    """Draws the images of domain ``index`` of the synthetic benchmark, in memory.
 
-
-def generate_synthetic_benchmark(
-    root: str | Path,
-    seed: int = 0,
-    num_domains: int = 4,
-    train_ids_per_domain: int = 40,
-    test_ids_per_domain: int = 24,
-    train_images_per_id: int = 8,
-    test_images_per_camera: int = 3,
-    num_cameras: int = 4,
-    num_distractors: int = 10,
-    num_junk: int = 5,
-    image_size: tuple[int, int] = (64, 32),
-) -> SyntheticBenchmark:
-    """Write the synthetic multi-domain benchmark under ``root`` (always regenerates).
-
-    See the module documentation for what is drawn. With the defaults each domain has 40
-    train ids x 8 images (320), 24 test ids seen by 2-4 cameras with 3 images per camera
-    (about 70 queries and 140 gallery images), 10 distractors and 5 junk boxes; four domains
-    take about 2,300 JPEG files of 64 x 32 pixels (about 3 MB) and a few seconds.
-
-    Existing ``root/synth_d<k>`` folders of the domains written are deleted first, and the
-    manifest ``root/synthetic_manifest.json`` is written last.
+    The style is fixed at construction: a preset for domains 0-3, otherwise drawn from a
+    generator seeded with ``[seed, index, 0]``. :meth:`images` draws the cameras, the people
+    and their images from fresh generators seeded with ``[seed, index, k]``, so every call
+    yields the same images and a domain's images do not depend on ``num_domains``.
 
     Args:
-        root: the benchmark root (created if missing).
-        seed: seed of everything drawn. Default 0.
-        num_domains: number of domains (styles 0-3 are presets). Default 4.
-        train_ids_per_domain: training identities per domain. Default 40.
-        test_ids_per_domain: test identities per domain (disjoint from train). Default 24.
-        train_images_per_id: images per training identity, spread over 2 or more cameras.
-            Default 8.
-        test_images_per_camera: images of a test identity per camera that sees it; the first
-            is the query. Default 3 (>= 2).
-        num_cameras: cameras per domain, 2..6. Default 4.
-        num_distractors: gallery images of id 0 per domain. Default 10.
-        num_junk: gallery images of id -1 per domain (dropped by the loaders). Default 5.
-        image_size: (height, width) of the saved images. Default (64, 32).
+        index: domain index ``d``, an int >= 0.
+        params: the parameters, as returned by :func:`benchmark_params`.
 
-    Returns:
-        The benchmark's metadata; ``generated`` is True.
+    Attributes:
+        index: the domain index.
+        params: a copy of ``params``.
+        style: name of the domain's style, e.g. ``"daylight"``.
+        jpeg_quality: JPEG quality of the domain's style: compression artefacts are part of
+            a domain's look, so whoever encodes the images uses it.
 
     Raises:
-        ValueError: a parameter out of range (the message names it).
+        ValueError: ``index`` is not an int >= 0.
 
     Example:
-        >>> import tempfile
-        >>> from metareid.data import Market1501
-        >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     info = generate_synthetic_benchmark(tmp, num_domains=1, train_ids_per_domain=3,
-        ...                                         test_ids_per_domain=2, num_junk=1)
-        ...     ds = Market1501(info.domains[0].root)
-        >>> ds.train_stats == info.domains[0].train, info.domains[0].style
-        (True, 'daylight')
+        >>> params = benchmark_params(0, 1, 2, 1, 2, 2, 2, 1, 1, (32, 16))
+        >>> renderer = DomainRenderer(0, params)
+        >>> images = list(renderer.images())
+        >>> renderer.style, images[0].image.size, [i.split for i in images].count("train")
+        ('daylight', (16, 32), 4)
     """
-    params = _params(
-        seed,
-        num_domains,
-        train_ids_per_domain,
-        test_ids_per_domain,
-        train_images_per_id,
-        test_images_per_camera,
-        num_cameras,
-        num_distractors,
-        num_junk,
-        image_size,
-    )
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    manifest_path = root / MANIFEST_NAME
-    stale = set(range(num_domains))
-    if manifest_path.is_file():
-        try:
-            stale |= {int(d["index"]) for d in json.loads(manifest_path.read_text())["domains"]}
-        except (ValueError, KeyError, TypeError):
-            pass
-        manifest_path.unlink()
-    for index in sorted(stale):
-        folder = root / SYNTHETIC_DOMAIN_DIR.format(index)
-        if folder.is_dir():
-            shutil.rmtree(folder)
-    domains = [_write_domain(root, index, params) for index in range(num_domains)]
-    for domain in domains:
-        domain["sha256"] = _content_digests(root, domain)
-    manifest = {
-        "format": "metareid-synthetic-reid",
-        "generator_version": GENERATOR_VERSION,
-        "params": params,
-        "layout": f"{SYNTHETIC_DOMAIN_DIR.format('<d>')}/{_MARKET_DIR}/"
-        "{bounding_box_train,query,bounding_box_test}/*.jpg",
-        "domains": domains,
-    }
-    tmp_path = manifest_path.with_name(MANIFEST_NAME + ".tmp")
-    tmp_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp_path, manifest_path)
-    return _benchmark(root, manifest, generated=True)
 
+    def __init__(self, index: int, params: Mapping[str, Any]) -> None:
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ValueError(f"index must be an int >= 0, got {index!r}")
+        self.index = index
+        self.params = dict(params)
+        if index < len(_PRESETS):
+            self._style = _PRESETS[index]
+        else:
+            style_rng = np.random.default_rng([self.params["seed"], index, 0])
+            self._style = _random_style(index, style_rng)
 
-def load_synthetic_manifest(root: str | Path) -> SyntheticBenchmark:
-    """Read the metadata of a benchmark generated under ``root``, without touching the files.
+    @property
+    def style(self) -> str:
+        """Name of the domain's style."""
+        return self._style.name
 
-    Args:
-        root: the benchmark root.
+    @property
+    def jpeg_quality(self) -> int:
+        """JPEG quality of the domain's style."""
+        return self._style.jpeg_quality
 
-    Returns:
-        The metadata; ``generated`` is False.
+    def images(self) -> Iterator[RenderedImage]:
+        """Draw the domain's images, one at a time.
 
-    Raises:
-        FileNotFoundError: no manifest under ``root``.
-        ValueError: the manifest is not a synthetic-benchmark manifest.
+        Yields, in this order: the train images (ids ``1..N``, ``train_images_per_id``
+        each, cycling over 2 or more cameras), the test images (ids ``N+1..N+M``; per
+        camera that sees the id, one query then ``test_images_per_camera - 1`` gallery
+        images), the distractors (id 0, gallery) and the junk (id -1, gallery).
+        """
+        params, index, style = self.params, self.index, self._style
+        seed, num_cameras = params["seed"], params["num_cameras"]
+        size = (params["image_size"][0], params["image_size"][1])
+        canvas = (size[0] * _SUPERSAMPLE, size[1] * _SUPERSAMPLE)
+        cameras = _cameras(style, num_cameras, canvas, np.random.default_rng([seed, index, 1]))
+        people_rng = np.random.default_rng([seed, index, 2])
+        renderer = _ImageRenderer(style, cameras, size, np.random.default_rng([seed, index, 3]))
 
-    Example:
-        >>> import tempfile
-        >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     _ = generate_synthetic_benchmark(tmp, num_domains=2, train_ids_per_domain=2,
-        ...                                      test_ids_per_domain=1, num_distractors=0,
-        ...                                      num_junk=0)
-        ...     info = load_synthetic_manifest(tmp)
-        >>> [d.name for d in info.domains], info.domains[1].train.num_pids
-        (['synth_d0', 'synth_d1'], 2)
-    """
-    root = Path(root)
-    path = root / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no synthetic benchmark manifest at '{path}'; generate the benchmark with "
-            f"metareid.data.prepare_synthetic_benchmark('{root}')"
-        )
-    try:
-        manifest = json.loads(path.read_text())
-        return _benchmark(root, manifest, generated=False)
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"'{path}' is not a valid synthetic benchmark manifest: {err}") from err
+        def camera_subset() -> list[int]:
+            count = int(people_rng.integers(2, num_cameras + 1))
+            return sorted(int(c) for c in people_rng.choice(num_cameras, size=count, replace=False))
 
-
-def _content_digests(root: Path, domain: dict[str, Any]) -> dict[str, str]:
-    """SHA-256 of each split folder: over the sorted file names and their contents."""
-    base = root / domain["name"] / _MARKET_DIR
-    out: dict[str, str] = {}
-    for split, folder in _SPLIT_DIRS.items():
-        digest = hashlib.sha256()
-        for path in sorted((base / folder).iterdir()):
-            if path.is_file():
-                digest.update(path.name.encode() + b"\0")
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
-        out[split] = digest.hexdigest()
-    return out
-
-
-def _is_complete(root: Path, manifest: dict[str, Any]) -> bool:
-    """Whether every split folder holds exactly the files (names and bytes) of the manifest."""
-    for domain in manifest["domains"]:
-        base = root / domain["name"] / _MARKET_DIR
-        for split, folder in _SPLIT_DIRS.items():
-            if not (base / folder).is_dir():
-                return False
-            count = sum(1 for p in (base / folder).iterdir() if p.suffix == ".jpg")
-            if count != domain["num_files"][split]:
-                return False
-        if domain.get("sha256") != _content_digests(root, domain):
-            return False
-    return True
-
-
-def prepare_synthetic_benchmark(
-    root: str | Path,
-    seed: int = 0,
-    num_domains: int = 4,
-    train_ids_per_domain: int = 40,
-    test_ids_per_domain: int = 24,
-    train_images_per_id: int = 8,
-    test_images_per_camera: int = 3,
-    num_cameras: int = 4,
-    num_distractors: int = 10,
-    num_junk: int = 5,
-    image_size: tuple[int, int] = (64, 32),
-) -> SyntheticBenchmark:
-    """The benchmark under ``root``, generated only if it is not already there.
-
-    The files are reused when ``root/synthetic_manifest.json`` records the same parameters
-    and generator version and every split folder holds exactly the files the manifest's
-    SHA-256 content hashes describe (names and bytes); otherwise
-    :func:`generate_synthetic_benchmark` runs (it only replaces the benchmark's own domain
-    folders). Arguments and defaults are those of
-    :func:`generate_synthetic_benchmark`.
-
-    Returns:
-        The metadata; ``generated`` tells whether files were written.
-
-    Example:
-        >>> import tempfile
-        >>> small = dict(num_domains=1, train_ids_per_domain=2, test_ids_per_domain=1)
-        >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     first = prepare_synthetic_benchmark(tmp, **small)
-        ...     again = prepare_synthetic_benchmark(tmp, **small)
-        >>> first.generated, again.generated, first == again
-        (True, False, True)
-    """
-    args = (
-        seed,
-        num_domains,
-        train_ids_per_domain,
-        test_ids_per_domain,
-        train_images_per_id,
-        test_images_per_camera,
-        num_cameras,
-        num_distractors,
-        num_junk,
-        image_size,
-    )
-    params = _params(*args)
-    root = Path(root)
-    path = root / MANIFEST_NAME
-    if path.is_file():
-        try:
-            manifest = json.loads(path.read_text())
-            current = (
-                manifest.get("generator_version") == GENERATOR_VERSION
-                and manifest.get("params") == params
-                and _is_complete(root, manifest)
-            )
-            if current:
-                return _benchmark(root, manifest, generated=False)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            pass
-    return generate_synthetic_benchmark(root, *args)
+        num_train, num_test = params["train_ids_per_domain"], params["test_ids_per_domain"]
+        for pid in range(1, num_train + 1):
+            person = _identity(people_rng, style)
+            cams = camera_subset()
+            for k in range(params["train_images_per_id"]):
+                camera = cams[k % len(cams)]
+                yield RenderedImage(renderer.render(person, camera), "train", pid, camera)
+        for pid in range(num_train + 1, num_train + num_test + 1):
+            person = _identity(people_rng, style)
+            for camera in camera_subset():
+                for k in range(params["test_images_per_camera"]):
+                    split: Split = "query" if k == 0 else "gallery"
+                    yield RenderedImage(renderer.render(person, camera), split, pid, camera)
+        for _ in range(params["num_distractors"]):
+            camera = int(people_rng.integers(num_cameras))
+            image = renderer.render(_identity(people_rng, style), camera)
+            yield RenderedImage(image, "gallery", 0, camera)
+        for _ in range(params["num_junk"]):
+            camera = int(people_rng.integers(num_cameras))
+            junk_person = _identity(people_rng, style) if people_rng.random() < 0.5 else None
+            image = renderer.render(junk_person, camera, junk=True)
+            yield RenderedImage(image, "gallery", -1, camera)

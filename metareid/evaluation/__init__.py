@@ -9,12 +9,13 @@
   distances, chunk by chunk.
 - :func:`k_reciprocal_rerank`, :class:`KReciprocalReranker`: k-reciprocal re-ranking
   (Zhong et al., CVPR 2017) with memory linear in the number of samples.
-- :func:`extract_features`: features, ids and cameras of a loader, optionally
-  flip-averaged and L2-normalised.
+- :func:`embed`: the evaluation embedding of one batch (a model's features, optionally
+  flip-averaged, then L2-normalised); :func:`extract_features`: it over a loader, with
+  ids and cameras.
 """
 
 from metareid.evaluation.distance import METRICS, Metric, compute_distance, iter_distance_chunks
-from metareid.evaluation.extract import extract_features
+from metareid.evaluation.extract import embed, extract_features
 from metareid.evaluation.rank import (
     PROTOCOLS,
     Protocol,
@@ -32,6 +33,7 @@ __all__ = [
     "Protocol",
     "RankResult",
     "compute_distance",
+    "embed",
     "evaluate_features",
     "evaluate_rank",
     "extract_features",

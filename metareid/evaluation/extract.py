@@ -1,15 +1,20 @@
-"""Feature extraction for evaluation: run a model over a loader, without gradients."""
+"""Feature extraction for evaluation: the embedding of a batch, and of a whole loader.
+
+:func:`embed` is the one definition of the evaluation embedding on top of a model's
+output (flip averaging, then L2 normalisation); :func:`extract_features` runs it over a
+loader, and :class:`metareid.inference.EmbeddingNet` (the exported model) is it as a module.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["extract_features"]
+__all__ = ["embed", "extract_features"]
 
 
 def _as_id_tensor(name: str, value: object, batch: int, index: int) -> Tensor:
@@ -52,18 +57,88 @@ def _unpack(batch: object, index: int) -> tuple[Tensor, object, object]:
     return images, pids, camids
 
 
-def _forward(model: nn.Module, images: Tensor, index: int) -> Tensor:
+def _check_flags(flip: object, normalize: object) -> None:
+    for name, flag in (("flip", flip), ("normalize", normalize)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}")
+
+
+def _features(model: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
+    """``model(images)`` checked to be features (B, D), as float32."""
     out = model(images)
     if not isinstance(out, Tensor):
         raise TypeError(
-            f"batch {index}: the model must return a tensor of features (B, D) in eval mode, "
+            "the model must return a tensor of features (B, D) (in eval mode for a module), "
             f"got {type(out).__name__}; wrap it to select the embedding"
         )
     if out.dim() != 2 or out.shape[0] != images.shape[0]:
         raise ValueError(
-            f"batch {index}: the model must return features of shape (B, D) with "
-            f"B = {images.shape[0]}, got shape {tuple(out.shape)}"
+            f"the model must return features of shape (B, D) with B = {images.shape[0]}, "
+            f"got shape {tuple(out.shape)}"
         )
+    return out.float()
+
+
+def embed(
+    model: Callable[[Tensor], Tensor],
+    images: Tensor,
+    flip: bool = False,
+    normalize: bool = True,
+) -> Tensor:
+    """The evaluation embedding of a batch: flip averaging, then L2 normalisation.
+
+    With ``e(x) = model(x)`` cast to float32 it computes, row by row,
+
+    * ``flip=False``: ``v = e(images)``;
+    * ``flip=True``: ``v = (e(images) + e(mirror(images))) / 2``, where the mirror reverses
+      the last dimension (width);
+    * ``normalize=True``: ``v / max(||v||_2, 1e-12)`` (``F.normalize``), after the flip
+      average. The published M3L evaluation ranks with the squared Euclidean distance on
+      L2-normalised features; the paper has no equation for the test-time embedding, and
+      flip averaging is an option of this library (off by default).
+
+    For a :class:`~metareid.models.ReIDModel` in eval mode, ``e`` is
+    :meth:`~metareid.models.ReIDModel.neck_features`. This is the step that
+    :func:`extract_features` runs on every batch and that
+    :class:`~metareid.inference.EmbeddingNet` (the exported model) runs in its forward, so
+    both give the same values bit for bit. It sets no mode and no ``torch.no_grad()``:
+    the caller does (``extract_features`` does both). Plain tensor code, so
+    ``torch.jit.trace``, ``torch.onnx.export`` and ``torch.export`` record it.
+
+    Args:
+        model: maps images (B, C, H, W) to features (B, D): a module in eval mode, or any
+            callable such as a bound method.
+        images: float tensor (B, C, H, W).
+        flip: average with the features of the horizontally mirrored images. Default False.
+        normalize: L2-normalise each row (after the flip average). Default True.
+
+    Returns:
+        float32 features (B, D), on the device of the model output.
+
+    Raises:
+        TypeError: ``images`` is not a floating-point (B, C, H, W) tensor, the model does
+            not return a tensor, or a flag is not a bool.
+        ValueError: the model output is not (B, D).
+
+    Example:
+        >>> import torch
+        >>> from metareid.evaluation import embed
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+        >>> feats = embed(model, torch.randn(2, 3, 2, 2), flip=True)
+        >>> feats.shape, torch.allclose(feats.norm(dim=1), torch.ones(2))
+        (torch.Size([2, 4]), True)
+    """
+    _check_flags(flip, normalize)
+    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise TypeError(
+            f"images must be a floating-point tensor of shape (B, C, H, W), got {shape}"
+        )
+    out = _features(model, images)
+    if flip:
+        out = (out + _features(model, images.flip(-1))) / 2.0
+    if normalize:
+        out = F.normalize(out, p=2.0, dim=1)
     return out
 
 
@@ -78,7 +153,8 @@ def extract_features(
 
     The model runs in eval mode under ``torch.no_grad()``; afterwards every submodule gets
     back its own previous ``training`` flag (a frozen BatchNorm inside a training model
-    stays frozen). With ``flip=True`` the features of each image and of its horizontal
+    stays frozen). Each batch's features are :func:`embed` ``(model, images, flip,
+    normalize)``: with ``flip=True`` the features of each image and of its horizontal
     mirror (last dimension reversed) are averaged; ``normalize`` is applied after that
     average, as in the published evaluation (squared Euclidean distance on L2-normalised
     features).
@@ -116,9 +192,7 @@ def extract_features(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    for name, flag in (("flip", flip), ("normalize", normalize)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}")
+    _check_flags(flip, normalize)
     if device is None:
         tensors = [*model.parameters(), *model.buffers()]
         target = tensors[0].device if tensors else torch.device("cpu")
@@ -136,13 +210,7 @@ def extract_features(
                 size = images.shape[0]
                 pid_list.append(_as_id_tensor("pid", pids, size, index))
                 cam_list.append(_as_id_tensor("camid", camids, size, index))
-                images = images.to(target)
-                out = _forward(model, images, index).float()
-                if flip:
-                    out = (out + _forward(model, images.flip(-1), index).float()) / 2.0
-                if normalize:
-                    out = F.normalize(out, p=2.0, dim=1)
-                feats.append(out.cpu())
+                feats.append(embed(model, images.to(target), flip, normalize).cpu())
     finally:
         for module, mode in modes.items():
             module.training = mode  # each module's own flag, not train()'s recursive one

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -18,6 +17,7 @@ import metareid
 from metareid._validation import check_choice, check_positive_int
 from metareid.config import config_value
 from metareid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
+from metareid.evaluation import embed
 from metareid.inference._images import (
     IMAGE_EXTENSIONS,
     ImageItems,
@@ -43,19 +43,32 @@ ImageInput = Any  # a path, a PIL image, a tensor or an array, see FeatureExtrac
 class EmbeddingNet(nn.Module):
     """The evaluation embedding as one module: images (N, 3, H, W) to features (N, D).
 
-    Computes what :func:`metareid.evaluation.extract_features` computes on a
-    :class:`~metareid.models.ReIDModel` in eval mode: backbone, global average pooling,
-    BNNeck (a plain ``BatchNorm1d`` here: a MetaBN in eval mode is one), L2 normalisation
-    of the neck output when the model has ``normalize_neck``, with ``flip=True`` the mean
-    with the features of the horizontally mirrored images, and a final L2 normalisation.
-    The input is the output of the evaluation transform: RGB, resized, scaled to [0, 1] and
-    normalised with the ImageNet mean and standard deviation. This is the module that
-    :func:`~metareid.inference.export_model` exports. The backbone is shared with
-    ``model``, the neck is copied. Use it in eval mode.
+    ``forward(images)`` is :func:`metareid.evaluation.embed` ``(model.neck_features,
+    images, flip, normalize=True)``, the step that
+    :func:`metareid.evaluation.extract_features` runs on every batch of a
+    :class:`~metareid.models.ReIDModel` in eval mode, so the two agree bit for bit:
+    :meth:`~metareid.models.ReIDModel.neck_features` (backbone, global average pooling,
+    BNNeck, L2 normalisation of the neck output when the model has ``normalize_neck``),
+    with ``flip=True`` the mean with the features of the horizontally mirrored images, and
+    a final L2 normalisation. The input is the output of the evaluation transform: RGB,
+    resized, scaled to [0, 1] and normalised with the ImageNet mean and standard
+    deviation. This is the module that :func:`~metareid.inference.export_model` exports
+    (with ``torch.jit.trace`` or ``torch.onnx.export``).
+
+    It holds its own :class:`~metareid.models.ReIDModel`, :attr:`model`, that shares the
+    backbone with ``model`` and has no classifier; its neck is a plain ``BatchNorm1d``:
+    :meth:`~metareid.MetaBN.to_batchnorm` of a MetaBN neck (a copy, which in eval mode
+    computes what the MetaBN computes and needs no custom layer in an exporter), or
+    ``model``'s own plain neck (shared). Use it in eval mode.
 
     Args:
         model: the trained model.
         flip: average with the mirrored images' features. Default False.
+
+    Attributes:
+        model: the ReIDModel that computes the per-image features.
+        flip: see above; may be changed later.
+        feat_dim: D.
 
     Example:
         >>> import torch
@@ -64,7 +77,13 @@ class EmbeddingNet(nn.Module):
         >>> feats = net(torch.randn(2, 3, 32, 16))
         >>> feats.shape, torch.allclose(feats.norm(dim=1), torch.ones(2))
         (torch.Size([2, 512]), True)
+        >>> type(net.model.neck).__name__
+        'BatchNorm1d'
     """
+
+    model: ReIDModel
+    flip: bool
+    feat_dim: int
 
     def __init__(self, model: ReIDModel, flip: bool = False) -> None:
         if not isinstance(model, ReIDModel):
@@ -72,27 +91,17 @@ class EmbeddingNet(nn.Module):
         if not isinstance(flip, bool):
             raise TypeError(f"flip must be a bool, got {flip!r}")
         super().__init__()
-        self.backbone = model.backbone
-        neck = model.neck
-        self.neck = neck.to_batchnorm() if isinstance(neck, MetaBN) else neck
-        self.normalize_neck = model.normalize_neck
+        deployed = ReIDModel(model.backbone, model.feat_dim, normalize_neck=model.normalize_neck)
+        neck = model.neck.to_batchnorm() if isinstance(model.neck, MetaBN) else model.neck
+        deployed.neck = neck  # type: ignore[assignment]  # the BatchNorm1d that a MetaBN is
+        self.model = deployed
         self.flip = flip
         self.feat_dim = model.feat_dim
         self.train(model.training)
 
-    def _features(self, images: Tensor) -> Tensor:
-        out = self.backbone(images)
-        pooled = out.mean(dim=(2, 3)) if out.dim() == 4 else out
-        neck = self.neck(pooled)
-        feats = F.normalize(neck, dim=1) if self.normalize_neck else neck
-        return feats.float()
-
     def forward(self, images: Tensor) -> Tensor:
         """Embeddings (N, D), float32 and L2-normalised, of normalised images (N, 3, H, W)."""
-        out = self._features(images)
-        if self.flip:
-            out = (out + self._features(images.flip(-1))) / 2.0
-        return F.normalize(out, p=2.0, dim=1)
+        return embed(self.model.neck_features, images, self.flip, normalize=True)
 
 
 class Extraction(NamedTuple):

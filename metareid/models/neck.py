@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metareid._validation import check_choice, check_positive_int
-from metareid.functional.metabn import SAMPLE_SCALES
+from metareid._validation import check_positive_int
 from metareid.layers.metabn import MetaBN
+from metareid.models._neck_args import check_neck_args
 
 __all__ = ["ReIDModel", "ReIDOutput"]
 
@@ -61,9 +61,9 @@ class ReIDModel(nn.Module):
        L2 normalisation (BNNeck practice), initialised from N(0, 0.001^2).
 
     In train mode the model returns a :class:`ReIDOutput` ``(pooled, features, logits)``;
-    in eval mode it returns the (normalised) neck feature tensor (B, C) alone, so
-    evaluation code that expects a tensor works unchanged. In eval mode MetaBN uses its
-    running statistics and never mixes.
+    in eval mode it returns the (normalised) neck feature tensor (B, C) alone,
+    :meth:`neck_features`, so evaluation code that expects a tensor works unchanged. In
+    eval mode MetaBN uses its running statistics and never mixes.
 
     Args:
         backbone: any module mapping the input to (B, C, H, W) or (B, C).
@@ -124,7 +124,7 @@ class ReIDModel(nn.Module):
     ) -> None:
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"backbone must be an nn.Module, got {type(backbone).__name__}")
-        classes = _check_neck_args(
+        classes = check_neck_args(
             num_classes, normalize_neck, freeze_neck_bias, sample_scale, share_lambda
         )
         if feat_dim is None:
@@ -156,13 +156,62 @@ class ReIDModel(nn.Module):
 
         Returns:
             Train mode: :class:`ReIDOutput` with ``pooled`` (B, C), ``features`` (B, C) or
-            (k * B, C) in MetaBN phase ``"meta_test"``, and ``logits``. Eval mode: the
-            neck feature (B, C), L2-normalised if ``normalize_neck``.
+            (k * B, C) in MetaBN phase ``"meta_test"``, and ``logits``. Eval mode:
+            :meth:`neck_features` of ``x``, (B, C).
 
         Raises:
             ValueError: if the backbone output is not (B, C, H, W) or (B, C) with
                 C = ``feat_dim``.
         """
+        if not self.training:
+            return self.neck_features(x)
+        pooled = self._pooled(x)
+        neck = self.neck(pooled)
+        logits: Tensor | list[Tensor] | None
+        if self.classifier is None:
+            logits = None
+        elif isinstance(self.classifier, nn.ModuleList):
+            logits = [head(neck) for head in self.classifier]
+        else:
+            logits = self.classifier(neck)
+        return ReIDOutput(pooled, self._normalized(neck), logits)
+
+    def neck_features(self, x: Tensor) -> Tensor:
+        """The embedding ``f(x)`` of the BNNeck: backbone, pooling, neck, L2 if ``normalize_neck``.
+
+        Steps 1-3 of the class docstring, without classifiers: the tensor that the eval-mode
+        forward returns, and :attr:`ReIDOutput.features` in train mode. In eval mode the
+        neck normalises with its running statistics (MetaBN is then a plain BatchNorm, so
+        a model whose neck was replaced by :meth:`~metareid.MetaBN.to_batchnorm` gives the
+        same values); this is the per-image embedding that evaluation ranks and that
+        :func:`metareid.evaluation.embed` flip-averages and normalises. It is the ``f(x)``
+        of the paper's memory update and loss (Eq. 2-3); the paper gives no separate
+        test-time equation, and the published code evaluates the same L2-normalised BNNeck
+        output.
+
+        Args:
+            x: the input, e.g. images (B, 3, H, W).
+
+        Returns:
+            (B, C), or (k * B, C) in train mode in MetaBN phase ``"meta_test"``.
+
+        Raises:
+            ValueError: if the backbone output is not (B, C, H, W) or (B, C) with
+                C = ``feat_dim``.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> from metareid.models import ReIDModel
+            >>> model = ReIDModel(nn.Conv2d(3, 8, 3), normalize_neck=False).eval()
+            >>> x = torch.randn(2, 3, 16, 8)
+            >>> torch.equal(model.neck_features(x), model(x))
+            True
+        """
+        return self._normalized(self.neck(self._pooled(x)))
+
+    def _pooled(self, x: Tensor) -> Tensor:
+        """Step 1: the backbone output, averaged over H and W when it is a map; (B, C)."""
         out = self.backbone(x)
         if not isinstance(out, Tensor) or out.dim() not in (2, 4):
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -175,18 +224,11 @@ class ReIDModel(nn.Module):
                 f"the backbone returned {pooled.shape[1]} channels, but feat_dim is "
                 f"{self.feat_dim} (shape {tuple(out.shape)})"
             )
-        neck = self.neck(pooled)
-        features = F.normalize(neck, dim=1) if self.normalize_neck else neck
-        if not self.training:
-            return features
-        logits: Tensor | list[Tensor] | None
-        if self.classifier is None:
-            logits = None
-        elif isinstance(self.classifier, nn.ModuleList):
-            logits = [head(neck) for head in self.classifier]
-        else:
-            logits = self.classifier(neck)
-        return ReIDOutput(pooled, features, logits)
+        return pooled
+
+    def _normalized(self, neck: Tensor) -> Tensor:
+        """Step 3: the neck output L2-normalised along channels if ``normalize_neck``."""
+        return F.normalize(neck, dim=1) if self.normalize_neck else neck
 
     def extra_repr(self) -> str:
         return f"feat_dim={self.feat_dim}, normalize_neck={self.normalize_neck}"
@@ -196,41 +238,6 @@ def _linear(in_features: int, out_features: int) -> nn.Linear:
     layer = nn.Linear(in_features, out_features, bias=False)
     nn.init.normal_(layer.weight, std=CLASSIFIER_INIT_STD)
     return layer
-
-
-def _check_neck_args(
-    num_classes: object,
-    normalize_neck: object,
-    freeze_neck_bias: object,
-    sample_scale: object,
-    share_lambda: object,
-) -> int | list[int] | None:
-    """Validate the neck arguments of :class:`ReIDModel`; returns ``num_classes`` checked."""
-    for name, flag in (
-        ("normalize_neck", normalize_neck),
-        ("freeze_neck_bias", freeze_neck_bias),
-        ("share_lambda", share_lambda),
-    ):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {flag!r}")
-    check_choice("sample_scale", sample_scale, SAMPLE_SCALES)
-    return _check_num_classes(num_classes)
-
-
-def _check_num_classes(value: object) -> int | list[int] | None:
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return check_positive_int("num_classes", value)
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        if len(value) == 0:
-            raise ValueError("num_classes must be an int, a non-empty sequence of ints or None")
-        for i, n in enumerate(value):
-            check_positive_int(f"num_classes[{i}]", n)
-        return list(value)
-    raise TypeError(
-        f"num_classes must be None, an int >= 1 or a sequence of ints >= 1, got {value!r}"
-    )
 
 
 def _infer_feat_dim(backbone: nn.Module, dry_run_shape: Sequence[int]) -> int:

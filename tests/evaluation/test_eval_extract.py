@@ -1,4 +1,4 @@
-"""extract_features on tiny models and synthetic loaders."""
+"""embed and extract_features on tiny models and synthetic loaders."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from metareid.evaluation import extract_features
+from metareid.evaluation import embed, extract_features
 
 
 class Tiny(nn.Module):
@@ -99,3 +99,81 @@ def test_bad_input_raises(model, data, error, match):
 def test_flag_types_are_checked():
     with pytest.raises(TypeError, match="flip must be a bool, got int 1"):
         extract_features(Tiny(), batches(1), flip=1)
+
+
+# ------------------------------------------------------------------------- embed
+def _unit_rows(x):
+    """Row-wise division by the Euclidean norm, one row at a time."""
+    return torch.stack([row / torch.sqrt((row * row).sum()) for row in x])
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_embed_flip_average_then_normalisation(flip, normalize):
+    model = Tiny().eval()
+    images = torch.randn(4, 1, 2, 3, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = embed(model, images, flip=flip, normalize=normalize)
+        expected = model(images)
+        if flip:
+            mirrored = torch.stack([img[..., torch.arange(2, -1, -1)] for img in images])
+            expected = (expected + model(mirrored)) * 0.5
+    if normalize:
+        expected = _unit_rows(expected)
+    assert got.dtype == torch.float32 and got.shape == (4, 3)
+    torch.testing.assert_close(got, expected)
+
+
+def test_embed_sets_no_mode_and_keeps_the_graph():
+    model = Tiny().train()
+    images = torch.randn(2, 1, 2, 3)
+    out = embed(model, images, flip=True)
+    assert model.calls == [(True, True), (True, True)]  # the caller's mode, with gradients
+    out.sum().backward()
+    assert model.fc.weight.grad is not None
+
+
+def test_embed_takes_any_callable_and_casts_to_float32():
+    images = torch.randn(3, 1, 2, 3, dtype=torch.float64)
+    out = embed(lambda x: x.flatten(1), images, normalize=False)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, images.flatten(1).float())
+
+
+def test_extract_features_is_embed_batch_by_batch():
+    model = Tiny().eval()
+    data = batches(3)
+    for flip in (False, True):
+        feats, _, _ = extract_features(model, data, flip=flip)
+        with torch.no_grad():
+            expected = torch.cat([embed(model, images, flip) for images, *_ in data])
+        assert torch.equal(feats, expected)
+
+
+@pytest.mark.parametrize(
+    ("model", "images", "kwargs", "error", "match"),
+    [
+        (
+            Tiny(),
+            torch.randn(2, 6),
+            {},
+            TypeError,
+            r"images must be .* \(B, C, H, W\), got \(2, 6\)",
+        ),
+        (Tiny(), torch.ones(2, 1, 2, 3, dtype=torch.long), {}, TypeError, "images must be"),
+        (Tiny(), [1.0], {}, TypeError, "got list"),
+        (TupleModel(), torch.randn(2, 1, 2, 3), {}, TypeError, "must return a tensor of features"),
+        (
+            lambda x: x.flatten(1)[:1],
+            torch.randn(2, 1, 2, 3),
+            {},
+            ValueError,
+            r"shape \(B, D\) with B = 2, got shape \(1, 6\)",
+        ),
+        (Tiny(), torch.randn(2, 1, 2, 3), {"flip": 1}, TypeError, "flip must be a bool"),
+        (Tiny(), torch.randn(2, 1, 2, 3), {"normalize": None}, TypeError, "normalize must be"),
+    ],
+)
+def test_embed_bad_input_raises(model, images, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        embed(model, images, **kwargs)

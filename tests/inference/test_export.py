@@ -44,7 +44,7 @@ def test_torchscript_parity(checkpoint, tmp_path, flip):
     assert meta["flip"] is flip and meta["input"]["height"] == 32
     assert meta["export"]["format"] == "torchscript"
     # MetaBN exported as a plain BatchNorm
-    assert net.neck.original_name == "BatchNorm1d"
+    assert net.model.neck.original_name == "BatchNorm1d"
     assert "MetaBN" not in {m.original_name for m in net.modules()}
 
 

@@ -13,7 +13,8 @@ from PIL import Image
 from metareid import FeatureExtractor
 from metareid.data import BadImageError, build_test_loader, build_test_transform, load_image
 from metareid.evaluation import extract_features
-from metareid.inference import Extraction, list_images
+from metareid.inference import EmbeddingNet, Extraction, list_images
+from metareid.models import build_model
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,31 @@ def test_flip_equals_extract_features_with_flip(tiny_run, checkpoint):
     expected, _, _ = extract_features(tiny_run.model, loader, "cpu", flip=True)
     flipped = FeatureExtractor(checkpoint, device="cpu", batch_size=8, flip=True)
     assert torch.equal(flipped([r.path for r in records]), expected)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("normalize_neck", [True, False])
+@pytest.mark.parametrize("neck", ["metabn", "batchnorm"])
+def test_embedding_net_equals_extract_features_bit_for_bit(flip, normalize_neck, neck):
+    torch.manual_seed(0)
+    model = build_model("resnet10", normalize_neck=normalize_neck)
+    if neck == "batchnorm":  # the Table 3 ablations' plain neck
+        model.neck = model.neck.to_batchnorm()  # type: ignore[assignment]
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model(torch.randn(8, 3, 32, 16, generator=gen))  # move the running statistics
+    model.eval()
+    batches = [torch.randn(n, 3, 32, 16, generator=gen) for n in (3, 5)]
+    loader = [(images, list(range(len(images))), [0] * len(images)) for images in batches]
+    expected, _, _ = extract_features(model, loader, "cpu", flip=flip)
+    net = EmbeddingNet(model, flip=flip).eval()
+    with torch.no_grad():
+        got = torch.cat([net(images) for images in batches])
+    assert torch.equal(got, expected)
+    assert type(net.model.neck) is torch.nn.BatchNorm1d
+    assert net.model.backbone is model.backbone and net.model.classifier is None
+    assert (net.model.neck is model.neck) == (neck == "batchnorm")  # a MetaBN is copied
+    assert net.model.normalize_neck is normalize_neck
 
 
 def test_every_input_kind_is_preprocessed_like_evaluation(tiny_run, extractor):

@@ -86,6 +86,45 @@ def test_meta_test_phase_gives_k_mixtures() -> None:
     assert [t.shape for t in out.logits] == [(8, 3), (8, 5)]
 
 
+@pytest.mark.parametrize("normalize_neck", [True, False])
+def test_neck_features_is_the_eval_forward_and_the_train_features(normalize_neck: bool) -> None:
+    model = _model(normalize_neck=normalize_neck, num_classes=3)
+    x = _images(seed=4)
+    train_out = model(x)
+    assert isinstance(train_out, ReIDOutput)
+    assert torch.equal(model.neck_features(x), train_out.features)  # batch statistics
+    model.eval()
+    feats = model.neck_features(x)
+    assert torch.equal(model(x), feats)
+    # Written out from the parts: mean over the map, the neck's running statistics, L2.
+    pooled = model.backbone(x).flatten(2).mean(dim=2)
+    neck = (pooled - model.neck.running_mean) / torch.sqrt(model.neck.running_var + 1e-5)
+    neck = neck * model.neck.weight + model.neck.bias
+    expected = neck / neck.norm(dim=1, keepdim=True) if normalize_neck else neck
+    torch.testing.assert_close(feats, expected)
+
+
+def test_neck_features_with_a_plain_batchnorm_neck_is_the_same() -> None:
+    """The MetaBN-to-BatchNorm swap (``MetaBN.to_batchnorm``) keeps the eval embedding."""
+    model = _model()
+    model(_images())  # move the running statistics
+    model.eval()
+    x = _images(seed=5)
+    expected = model.neck_features(x)
+    model.neck = model.neck.to_batchnorm()  # type: ignore[assignment]
+    assert type(model.neck) is nn.BatchNorm1d
+    assert torch.equal(model.neck_features(x), expected)
+
+
+def test_neck_features_checks_the_backbone_output() -> None:
+    model = ReIDModel(nn.Flatten(), feat_dim=5)
+    with pytest.raises(ValueError, match="returned 6 channels, but feat_dim is 5"):
+        model.neck_features(torch.randn(2, 6))
+    bad = ReIDModel(nn.Identity(), feat_dim=3)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\) or \(B, C\), got \(2, 3, 4\)"):
+        bad.eval().neck_features(torch.randn(2, 3, 4))
+
+
 # ------------------------------------------------------------------------- BNNeck
 def test_neck_is_a_metabn_with_frozen_bias_by_default() -> None:
     model = _model()
@@ -225,7 +264,7 @@ def _meta_setup(
     ]
     banks = []
     for _ in range(domains):
-        bank = MemoryBank(num_ids=ids, dim=model.feat_dim)
+        bank = MemoryBank(num_classes=ids, dim=model.feat_dim)
         feats = F.normalize(torch.randn(2 * ids, model.feat_dim, generator=g), dim=1)
         bank.init_from(feats, torch.arange(2 * ids) % ids)
         banks.append(bank)

@@ -3,7 +3,9 @@ cluster preservation, determinism, argument checks, and the Fig. 5 scatter."""
 
 from __future__ import annotations
 
+import ast
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,6 +44,20 @@ def tiny_blocks(monkeypatch):
 
 def test_public_name_is_the_function():
     assert tsne_fn is tsne and callable(tsne)
+
+
+def test_needs_no_optional_dependency(monkeypatch):
+    """numpy and torch only (docs/visualization.md): the module imports nothing else, and a
+    call imports no plotting or t-SNE library even where one is installed."""
+    tree = ast.parse(Path(tsne_module.__file__).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    roots = {name.split(".")[0] for name in imported}
+    assert roots <= {"__future__", "math", "warnings", "typing", "numpy", "torch", "metareid"}
+    for name in ("matplotlib", "sklearn", "openTSNE"):
+        monkeypatch.setitem(sys.modules, name, None)  # importing it now raises ImportError
+    x, _ = blobs(per_cluster=4)
+    assert tsne(x, perplexity=3.0, iterations=20).shape == (12, 2)
 
 
 # ---------------------------------------------------------------- affinities

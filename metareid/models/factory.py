@@ -6,7 +6,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from metareid.models.neck import ReIDModel, _check_neck_args
+from metareid.models._neck_args import check_neck_args
+from metareid.models.neck import ReIDModel
 from metareid.models.resnet import (
     ResNetBackbone,
     ibn_resnet50a,
@@ -51,6 +52,7 @@ def build_model(
     freeze_neck_bias: bool = True,
     sample_scale: str = "std",
     share_lambda: bool = True,
+    checkpoint_activations: bool = False,
 ) -> ReIDModel:
     """Build ``backbone -> global average pooling -> MetaBN BNNeck`` by backbone name.
 
@@ -76,6 +78,11 @@ def build_model(
         freeze_neck_bias: freeze the BNNeck bias. Default ``True``.
         sample_scale: MetaBN ``sample_scale``, ``"std"`` (default) or ``"var"``.
         share_lambda: MetaBN ``share_lambda``. Default ``True``.
+        checkpoint_activations: recompute the activations of the backbone's residual stages
+            in the backward instead of keeping them (train mode only): less memory, the
+            same gradients (second order included), about one more forward of the
+            backbone per backward. See :class:`~metareid.models.ResNetBackbone`. Default
+            ``False``.
 
     Returns:
         The model; ``feat_dim`` is 512 for ResNet-18/34 and 2048 for the others.
@@ -97,8 +104,12 @@ def build_model(
         raise TypeError(f"arch must be a string, one of {list_models()}, got {arch!r}")
     if arch not in _BACKBONES:
         raise ValueError(f"unknown arch {arch!r}; known architectures: {list_models()}")
-    _check_neck_args(num_classes, normalize_neck, freeze_neck_bias, sample_scale, share_lambda)
-    kwargs: dict[str, object] = {"stem_relu": stem_relu, "load_running_stats": load_running_stats}
+    check_neck_args(num_classes, normalize_neck, freeze_neck_bias, sample_scale, share_lambda)
+    kwargs: dict[str, object] = {
+        "stem_relu": stem_relu,
+        "load_running_stats": load_running_stats,
+        "checkpoint_activations": checkpoint_activations,
+    }
     if arch == "ibn_resnet50a":
         kwargs["ibn_init"] = ibn_init
     elif ibn_init != "ibn_net":
@@ -126,7 +137,8 @@ def model_from_config(
     """The network a training config describes: the one definition for training and use.
 
     Reads ``arch``, ``last_stride``, ``stem_relu``, ``load_running_stats``,
-    ``freeze_neck_bias``, ``ibn_init``, ``metabn_scale``, ``share_lambda`` and ``method``
+    ``freeze_neck_bias``, ``ibn_init``, ``sample_scale``, ``share_lambda``,
+    ``checkpoint_activations`` and ``method``
     from a :class:`~metareid.config.TrainConfig` or a stored config dict (a checkpoint's
     ``config``: missing keys take the defaults, earlier keys are renamed, unknown keys
     ignored; see :func:`metareid.config.config_value`). For ``method="m3l"`` the neck is a
@@ -168,8 +180,9 @@ def model_from_config(
         freeze_neck_bias=get("freeze_neck_bias"),
         ibn_init=get("ibn_init") if arch == "ibn_resnet50a" else "ibn_net",
         num_classes=num_classes,
-        sample_scale=get("metabn_scale"),
+        sample_scale=get("sample_scale"),
         share_lambda=get("share_lambda"),
+        checkpoint_activations=get("checkpoint_activations"),
     )
     if method != "m3l":  # Table 3 ablations: no MetaBN
         model.neck = model.neck.to_batchnorm()  # type: ignore[assignment]

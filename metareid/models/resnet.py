@@ -10,9 +10,12 @@ checkpoints load as they are. The builders :func:`resnet18`, :func:`resnet34`,
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
@@ -103,6 +106,15 @@ class ResNetBackbone(tv_resnet.ResNet):
     * ``ibn_a``: IBN-Net-a layout: the first norm (``bn1``) of every block of ``layer1`` to
       ``layer3`` becomes an :class:`IBN` (instance norm on half of its channels);
       ``layer4`` and the stem stay plain BN.
+    * ``checkpoint_activations``: in train mode with gradients enabled, each residual stage
+      (``layer1`` to ``layer4``) runs under non-reentrant activation checkpointing
+      (``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``): its intermediate
+      activations are not kept but recomputed when the backward needs them, with the
+      forward's weights and random state. Gradients, double backward (second-order meta
+      steps) included, are those without it. BatchNorm running statistics move once per
+      forward: a recomputation runs on copies of the stage's buffers. Eval mode and
+      ``torch.no_grad`` are unaffected; the ``state_dict`` is the same. It can also be set
+      on a built backbone. See docs/models.md, "Activation checkpointing".
 
     Args:
         block: ``torchvision.models.resnet.BasicBlock`` or ``Bottleneck``.
@@ -110,12 +122,15 @@ class ResNetBackbone(tv_resnet.ResNet):
         last_stride: 1 (default) or 2.
         stem_relu: apply ReLU after the stem BN. Default ``True``.
         ibn_a: use the IBN-Net-a layout. Default ``False``.
+        checkpoint_activations: recompute the stages' activations in the backward.
+            Default ``False``.
 
     Attributes:
         out_channels: C of the output map, ``512 * block.expansion``.
         last_stride: see above.
         stem_relu: see above.
         ibn_a: see above.
+        checkpoint_activations: see above.
 
     Example:
         >>> import torch
@@ -130,6 +145,7 @@ class ResNetBackbone(tv_resnet.ResNet):
     last_stride: int
     stem_relu: bool
     ibn_a: bool
+    checkpoint_activations: bool
 
     def __init__(
         self,
@@ -139,6 +155,7 @@ class ResNetBackbone(tv_resnet.ResNet):
         last_stride: int = 1,
         stem_relu: bool = True,
         ibn_a: bool = False,
+        checkpoint_activations: bool = False,
     ) -> None:
         if not (
             isinstance(block, type)
@@ -158,12 +175,14 @@ class ResNetBackbone(tv_resnet.ResNet):
         _check_last_stride(last_stride)
         _check_bool("stem_relu", stem_relu)
         _check_bool("ibn_a", ibn_a)
+        _check_bool("checkpoint_activations", checkpoint_activations)
         super().__init__(block, list(layers), num_classes=1)
         del self.avgpool, self.fc
         self.out_channels = 512 * block.expansion
         self.last_stride = last_stride
         self.stem_relu = stem_relu
         self.ibn_a = ibn_a
+        self.checkpoint_activations = checkpoint_activations
         if last_stride != 2:
             _set_last_stride(self.layer4[0], last_stride)
         if ibn_a:
@@ -183,16 +202,16 @@ class ResNetBackbone(tv_resnet.ResNet):
         if self.stem_relu:
             x = self.relu(x)
         x = self.maxpool(x)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        out: Tensor = self.layer4(x)
-        return out
+        checkpointed = self.checkpoint_activations and self.training and torch.is_grad_enabled()
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = _checkpointed_call(stage, x) if checkpointed else stage(x)
+        return x
 
     def extra_repr(self) -> str:
         return (
             f"out_channels={self.out_channels}, last_stride={self.last_stride}, "
             f"stem_relu={self.stem_relu}, ibn_a={self.ibn_a}"
+            + (", checkpoint_activations=True" if self.checkpoint_activations else "")
         )
 
 
@@ -202,12 +221,14 @@ def resnet10(
     *,
     stem_relu: bool = True,
     load_running_stats: bool = True,
+    checkpoint_activations: bool = False,
 ) -> ResNetBackbone:
     """ResNet-10 trunk (one BasicBlock per stage, 512 output channels), for CPU demos.
 
     About half the compute of ResNet-18; what the synthetic-benchmark example trains on
     two CPU cores. torchvision has no ImageNet weights for it: ``pretrained`` may be
-    ``False`` or a local/URL checkpoint (``True`` raises ``ValueError``).
+    ``False`` or a local/URL checkpoint (``True`` raises ``ValueError``). The other
+    arguments are those of :func:`resnet18`.
 
     Returns:
         The trunk, mapping (B, 3, H, W) to (B, 512, h, w).
@@ -231,6 +252,7 @@ def resnet10(
         last_stride,
         stem_relu=stem_relu,
         load_running_stats=load_running_stats,
+        checkpoint_activations=checkpoint_activations,
     )
 
 
@@ -240,6 +262,7 @@ def resnet18(
     *,
     stem_relu: bool = True,
     load_running_stats: bool = True,
+    checkpoint_activations: bool = False,
 ) -> ResNetBackbone:
     """ResNet-18 trunk (512 output channels), for CPU-sized runs.
 
@@ -254,6 +277,9 @@ def resnet18(
         stem_relu: ReLU after the stem BN. Default ``True``; the published M3L code has none.
         load_running_stats: also load the BN running statistics. Default ``True``; the
             published M3L code copies parameters only (running stats stay 0 and 1).
+        checkpoint_activations: recompute the activations of ``layer1`` to ``layer4`` in
+            the backward instead of keeping them (train mode), see :class:`ResNetBackbone`.
+            Default ``False``.
 
     Returns:
         The trunk, mapping (B, 3, H, W) to (B, 512, h, w).
@@ -275,6 +301,7 @@ def resnet18(
         last_stride,
         stem_relu=stem_relu,
         load_running_stats=load_running_stats,
+        checkpoint_activations=checkpoint_activations,
     )
 
 
@@ -284,6 +311,7 @@ def resnet34(
     *,
     stem_relu: bool = True,
     load_running_stats: bool = True,
+    checkpoint_activations: bool = False,
 ) -> ResNetBackbone:
     """ResNet-34 trunk (512 output channels).
 
@@ -307,6 +335,7 @@ def resnet34(
         last_stride,
         stem_relu=stem_relu,
         load_running_stats=load_running_stats,
+        checkpoint_activations=checkpoint_activations,
     )
 
 
@@ -316,6 +345,7 @@ def resnet50(
     *,
     stem_relu: bool = True,
     load_running_stats: bool = True,
+    checkpoint_activations: bool = False,
 ) -> ResNetBackbone:
     """ResNet-50 trunk (2048 output channels), the paper's first backbone.
 
@@ -340,6 +370,7 @@ def resnet50(
         last_stride,
         stem_relu=stem_relu,
         load_running_stats=load_running_stats,
+        checkpoint_activations=checkpoint_activations,
     )
 
 
@@ -350,6 +381,7 @@ def ibn_resnet50a(
     stem_relu: bool = True,
     load_running_stats: bool = True,
     ibn_init: str = "ibn_net",
+    checkpoint_activations: bool = False,
 ) -> ResNetBackbone:
     """IBN-Net50-a trunk (2048 output channels), the paper's second backbone.
 
@@ -362,6 +394,8 @@ def ibn_resnet50a(
         stem_relu: ReLU after the stem BN. Default ``True``; the published M3L code has none.
         load_running_stats: also load BN running statistics. Default ``True``; the published
             code copies parameters only.
+        checkpoint_activations: recompute the stages' activations in the backward, see
+            :class:`ResNetBackbone`. Default ``False``.
         ibn_init: which checkpoint ``pretrained`` holds.
 
             * ``"ibn_net"`` (default): an IBN-Net50-a checkpoint (keys ``...bn1.IN.*`` and
@@ -394,6 +428,7 @@ def ibn_resnet50a(
         stem_relu=stem_relu,
         load_running_stats=load_running_stats,
         ibn_init=ibn_init,
+        checkpoint_activations=checkpoint_activations,
     )
 
 
@@ -408,11 +443,17 @@ def _build(
     stem_relu: bool,
     load_running_stats: bool,
     ibn_init: str | None = None,
+    checkpoint_activations: bool = False,
 ) -> ResNetBackbone:
     _weights.check_pretrained(pretrained)
     _check_bool("load_running_stats", load_running_stats)
     net = ResNetBackbone(
-        block, layers, last_stride=last_stride, stem_relu=stem_relu, ibn_a=ibn_init is not None
+        block,
+        layers,
+        last_stride=last_stride,
+        stem_relu=stem_relu,
+        ibn_a=ibn_init is not None,
+        checkpoint_activations=checkpoint_activations,
     )
     if pretrained is False:
         return net
@@ -430,6 +471,67 @@ def _build(
         state = _weights.resnet_to_ibn(state, net, split=ibn_init == "torchvision_split")
     _weights.load_weights(net, state, source=source, load_running_stats=load_running_stats)
     return net
+
+
+def _checkpointed_call(stage: nn.Module, x: Tensor) -> Tensor:
+    """``stage(x)`` under non-reentrant activation checkpointing, BN statistics moved once.
+
+    The first call of ``run`` is the forward itself, on the stage as it is: BatchNorm
+    running statistics move exactly as without checkpointing. Every later call is a
+    recomputation (one per backward that needs the stage's saved tensors; a double backward
+    recomputes again). It runs with the forward's parameters swapped in (under
+    ``torch.func.functional_call`` the module holds other weights by then) and on fresh
+    copies of the buffers as they were before the forward, so that running statistics do
+    not move again and a BatchNorm in eval mode sees what the forward saw. ``checkpoint``
+    replays the forward's random state (``preserve_rng_state=True``). A recomputed tensor is
+    attached to the autograd node of the one it replaces, so a double backward
+    differentiates the original graph.
+
+    A ``higher``-patched stage reads its weights from its root's fast weights whatever is
+    swapped in, and needs that root alive: the closure holds it. A recomputation after the
+    fast weights changed (a newer ``fmodel(x, params=...)`` or ``diffopt.step``) raises
+    ``RuntimeError`` instead of computing with other weights than the forward.
+    """
+    root = _higher_root(stage)
+    fast = None if root is None else list(root.fast_params or ())
+    params: dict[str, Tensor] = {}
+    if root is None:
+        params = dict(stage.named_parameters(remove_duplicate=False))
+    buffers = {n: b.detach().clone() for n, b in stage.named_buffers(remove_duplicate=False)}
+    calls = 0
+
+    def run(inp: Tensor) -> Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            first: Tensor = stage(inp)
+            return first
+        if root is not None and fast is not None:
+            now = list(root.fast_params or ())
+            if len(now) != len(fast) or any(a is not b for a, b in zip(now, fast, strict=False)):
+                raise RuntimeError(
+                    "checkpoint_activations: the fast weights of the higher-patched model "
+                    "changed between the forward and the backward that recomputes it, so the "
+                    "recomputation would use other weights than the forward; call the "
+                    "backward before updating the fast weights, or build the model with "
+                    "checkpoint_activations=False"
+                )
+        state = {**params, **{n: b.clone() for n, b in buffers.items()}}
+        out: Tensor = torch.func.functional_call(stage, state, (inp,), strict=False)
+        return out
+
+    result: Tensor = torch.utils.checkpoint.checkpoint(
+        run, x, use_reentrant=False, preserve_rng_state=True
+    )
+    return result
+
+
+def _higher_root(module: nn.Module) -> Any:
+    """The patched root whose fast weights a ``higher``-patched ``module`` reads, or ``None``."""
+    patch = sys.modules.get("higher.patch")  # not imported: nothing can be patched
+    if patch is None or not isinstance(module, patch._MonkeyPatchBase):
+        return None
+    return module.root
 
 
 def _set_last_stride(block: tv_resnet.BasicBlock | tv_resnet.Bottleneck, stride: int) -> None:

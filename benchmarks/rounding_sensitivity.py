@@ -66,8 +66,8 @@ def gradients(cfg: TrainConfig, eps: float) -> list[list[torch.Tensor]]:
     for d, module in enumerate(trainer.memories):  # the same float64 centroids in both runs
         bank = cast(MemoryBank, module)
         g = torch.Generator().manual_seed(1000 + d)
-        feats = torch.randn(bank.num_ids, bank.dim, generator=g, dtype=torch.float64)
-        bank.init_from(F.normalize(feats, dim=1), torch.arange(bank.num_ids))
+        feats = torch.randn(bank.num_classes, bank.dim, generator=g, dtype=torch.float64)
+        bank.init_from(F.normalize(feats, dim=1), torch.arange(bank.num_classes))
     trainer.train_epoch()
     return grads
 

@@ -9,6 +9,9 @@ Two checks read tensor values and so force a device-to-host synchronisation on a
 labels within ``[0, num_classes)`` (:func:`check_labels`) and finite values
 (:func:`check_finite`). :func:`value_checks` turns them off, for a block or for good
 (:func:`set_value_checks`); shape, dtype and type checks always run.
+
+The ``as_*`` helpers also convert: evaluation, inference and visualisation accept numpy
+arrays as well as tensors.
 """
 
 from __future__ import annotations
@@ -22,12 +25,19 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "as_distances",
+    "as_feature_pair",
+    "as_features",
+    "as_ids",
+    "as_numpy",
     "check_choice",
     "check_features",
     "check_finite",
     "check_int",
     "check_labels",
     "check_memory",
+    "check_nonnegative_int",
+    "check_optional_nonnegative",
     "check_positive_finite",
     "check_positive_int",
     "check_unit_interval",
@@ -143,6 +153,17 @@ def check_positive_finite(name: str, value: object) -> float:
     return number
 
 
+def check_optional_nonnegative(name: str, value: object) -> float | None:
+    """Return ``value`` as a float if it is ``None`` or finite and >= 0, raise otherwise."""
+    if value is None:
+        return None
+    expected = "a finite real number >= 0 or None"
+    number = _check_real(name, value, expected)
+    if not (math.isfinite(number) and number >= 0.0):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return number
+
+
 def check_features(name: str, value: object, dim: int | None = None) -> Tensor:
     """Check that ``value`` is a non-empty floating-point tensor of shape (B, D).
 
@@ -237,3 +258,126 @@ def format_ids(ids: list[int], limit: int = 20) -> str:
         return str(ids)
     shown = ", ".join(str(i) for i in ids[:limit])
     return f"[{shown}, ...] ({len(ids)} in total)"
+
+
+# ----------------------------------------------------------- arrays or tensors in
+# (evaluation, inference and visualisation accept numpy arrays as well as tensors)
+
+
+def _to_tensor(name: str, value: object, expected: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, np.ndarray):
+        if value.dtype == object or value.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be {expected}, got {describe(value)}")
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, (list, tuple)):
+        try:
+            array = np.asarray(value)
+        except ValueError as error:  # ragged nested lists
+            raise TypeError(
+                f"{name} must be {expected}, got a ragged {type(value).__name__}"
+            ) from error
+        if array.dtype == object or array.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be {expected}, got {describe(value)}")
+        return torch.from_numpy(array)
+    raise TypeError(f"{name} must be {expected}, got {describe(value)}")
+
+
+def as_ids(name: str, value: object, length: int | None = None, like: str = "") -> Tensor:
+    """Return ``value`` (array-like of integer ids, shape (N,)) as an int64 CPU tensor.
+
+    Args:
+        name: argument name used in error messages.
+        value: numpy array, tensor or list of integers.
+        length: required length N, or ``None`` to accept any.
+        like: what ``length`` comes from, for the error message (e.g. "distmat.shape[0]").
+    """
+    expected = "a 1-D integer array or tensor of ids"
+    ids = _to_tensor(name, value, expected)
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must be {expected}, got dtype {ids.dtype}")
+    if ids.dim() != 1:
+        raise ValueError(f"{name} must be {expected} of shape (N,), got shape {tuple(ids.shape)}")
+    if length is not None and ids.shape[0] != length:
+        raise ValueError(
+            f"{name} must have length {length} (= {like}), got shape {tuple(ids.shape)}"
+        )
+    return ids.to(device="cpu", dtype=torch.int64)
+
+
+def as_distances(name: str, value: object) -> Tensor:
+    """Return ``value`` (array-like, shape (Q, G)) as a contiguous floating-point tensor.
+
+    Integer and boolean matrices are converted to float64 (exact below 2**53); float16 and
+    bfloat16 are converted to float32 (exact). Tensors keep their device.
+    """
+    expected = "a 2-D floating-point array or tensor of distances of shape (Q, G)"
+    dist = _to_tensor(name, value, expected)
+    if dist.is_complex():
+        raise TypeError(f"{name} must be {expected}, got dtype {dist.dtype}")
+    if dist.dim() != 2:
+        raise ValueError(f"{name} must be {expected}, got shape {tuple(dist.shape)}")
+    if not dist.is_floating_point():
+        dist = dist.to(torch.float64)
+    elif dist.dtype in (torch.float16, torch.bfloat16):
+        dist = dist.to(torch.float32)
+    return dist.contiguous()
+
+
+def as_features(name: str, value: object, dim: int | None = None) -> Tensor:
+    """Return ``value`` (array-like, shape (N, D)) as a floating-point tensor.
+
+    float16 and bfloat16 are converted to float32. Tensors keep their device.
+    """
+    expected = "a 2-D floating-point array or tensor of features of shape (N, D)"
+    feats = _to_tensor(name, value, expected)
+    if not feats.is_floating_point():
+        raise TypeError(f"{name} must be {expected}, got dtype {feats.dtype}")
+    if feats.dim() != 2:
+        raise ValueError(f"{name} must be {expected}, got shape {tuple(feats.shape)}")
+    if dim is not None and feats.shape[1] != dim:
+        raise ValueError(
+            f"{name} must have {dim} columns to match the other features, "
+            f"got shape {tuple(feats.shape)}"
+        )
+    if feats.shape[0] == 0 or feats.shape[1] == 0:
+        raise ValueError(f"{name} must have N, D >= 1, got shape {tuple(feats.shape)}")
+    if feats.dtype in (torch.float16, torch.bfloat16):
+        feats = feats.to(torch.float32)
+    return feats
+
+
+def as_feature_pair(x_name: str, x: object, y_name: str, y: object) -> tuple[Tensor, Tensor]:
+    """Two feature matrices with the same width, on one device, in one dtype, finite.
+
+    The dtype is the promotion of both (after :func:`as_features`' float16 upcast).
+    """
+    xt = as_features(x_name, x)
+    yt = as_features(y_name, y, dim=xt.shape[1])
+    if xt.device != yt.device:
+        raise ValueError(
+            f"{x_name} and {y_name} must be on the same device, got {xt.device} and {yt.device}"
+        )
+    dtype = torch.promote_types(xt.dtype, yt.dtype)
+    xt, yt = xt.to(dtype), yt.to(dtype)
+    check_finite(x_name, xt)
+    check_finite(y_name, yt)
+    return xt, yt
+
+
+def check_nonnegative_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an int >= 0 (bool excluded), raise otherwise."""
+    return check_int(name, value, 0)
+
+
+def as_numpy(name: str, value: object, expected: str) -> np.ndarray:
+    """``value`` (tensor, array, list or tuple) as a numpy array, or a ``TypeError``."""
+    if isinstance(value, Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, (np.ndarray, list, tuple)):
+        try:
+            return np.asarray(value)
+        except ValueError as error:  # ragged nested sequences
+            raise TypeError(f"{name} must be {expected}, got a ragged sequence") from error
+    raise TypeError(f"{name} must be {expected}, got {describe(value)}")

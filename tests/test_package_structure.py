@@ -9,6 +9,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "metareid"
 HEAVY = ("metareid.engine", "metareid.distributed", "metareid.inference", "metareid.viz")
+# The synthetic benchmark's renderer and cache, and its dataset reader.
+SYNTHETIC = ("metareid.data.synthetic", "metareid.data.datasets.synthetic_benchmark")
 
 
 def test_import_metareid_loads_the_building_blocks_only():
@@ -19,7 +21,7 @@ def test_import_metareid_loads_the_building_blocks_only():
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
-    heavy = [m for m in out if m.startswith(HEAVY) or m == "metareid.data.synthetic"]
+    heavy = [m for m in out if m.startswith(HEAVY + SYNTHETIC)]
     assert not heavy, f"import metareid loads {heavy}"
     for block in ("metareid.layers.metabn", "metareid.memory.bank", "metareid.meta.learner"):
         assert block in out
@@ -107,3 +109,54 @@ def test_no_import_circle_in_the_package():
 
 def test_the_circle_detector_sees_a_circle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def private_imports(package: Path) -> list[str]:
+    """Private names imported from another module, private modules from another package.
+
+    ``from metareid.a.x import _name`` is allowed in ``metareid.a.x`` only;
+    ``metareid.a._mod`` (a private module) anywhere in ``metareid.a``.
+    """
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        importer = ".".join(path.relative_to(package.parent).with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith(
+                "metareid"
+            ):
+                continue
+            for alias in node.names:
+                parts = f"{node.module}.{alias.name}".split(".")
+                for i, part in enumerate(parts):
+                    if part.startswith("_") and not part.startswith("__"):
+                        owner = ".".join(parts[:i])
+                        owner_dir = package.parent.joinpath(*parts[:i])
+                        if i == len(parts) - 1 and not owner_dir.is_dir():
+                            allowed = importer == owner  # a private name of module `owner`
+                        else:
+                            allowed = owner == "metareid" or importer.startswith(owner + ".")
+                        if not allowed:
+                            found.append(f"{importer}:{node.lineno} {'.'.join(parts)}")
+                        break
+    return found
+
+
+def test_no_private_name_is_imported_across_modules():
+    assert private_imports(PACKAGE) == []
+
+
+def test_the_private_import_detector_sees_one(tmp_path):
+    pkg = tmp_path / "metareid"
+    (pkg / "a").mkdir(parents=True)
+    (pkg / "b").mkdir()
+    (pkg / "a" / "x.py").write_text("def _hidden():\n    pass\n")
+    (pkg / "b" / "y.py").write_text("from metareid.a.x import _hidden\n")
+    (pkg / "a" / "z.py").write_text("from metareid.a.x import _hidden\n")
+    (pkg / "a" / "_private.py").write_text("def shared():\n    pass\n")
+    (pkg / "a" / "w.py").write_text("from metareid.a._private import shared\n")
+    (pkg / "b" / "v.py").write_text("from metareid.a._private import shared\n")
+    assert private_imports(pkg) == [
+        "metareid.a.z:1 metareid.a.x._hidden",
+        "metareid.b.v:1 metareid.a._private.shared",
+        "metareid.b.y:1 metareid.a.x._hidden",
+    ]

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from metareid.data.datasets.base import ReIDDataset
-from metareid.data.datasets.registry import _REGISTRY, build_dataset, list_datasets
+from metareid.data.datasets.registry import build_dataset, dataset_factory, list_datasets
 
 __all__ = [
     "DatasetSpec",
@@ -168,12 +168,12 @@ def build_dataset_from_spec(spec: str | DatasetSpec, data_dir: str | Path) -> Re
     """
     parsed = parse_dataset_spec(spec) if isinstance(spec, str) else spec
     name, kwargs = parsed.name, parsed.kwargs
-    if name not in _REGISTRY:
+    if name not in list_datasets():
         raise ValueError(
             f"dataset spec {parsed.text!r}: unknown dataset {name!r}; registered datasets: "
             f"{list_datasets()}"
         )
-    factory = _REGISTRY[name]
+    factory = dataset_factory(name)
     _check_options(parsed, factory)
     data_dir = Path(data_dir)
     if name == "synthetic":

@@ -440,9 +440,10 @@ def scan_data_dir(
 
 
 def _folder_present(name: str, data_dir: Path) -> bool:
-    from metareid.data.datasets.registry import _REGISTRY
+    from metareid.data.datasets.registry import dataset_factory, list_datasets
 
-    folders = [f for f in getattr(_REGISTRY.get(name), "folder_names", (name,)) if f]
+    factory = dataset_factory(name) if name in list_datasets() else None
+    folders = [f for f in getattr(factory, "folder_names", (name,)) if f]
     return any((data_dir / f).is_dir() for f in folders)
 
 

@@ -28,7 +28,7 @@ from metareid.data import (
     parse_dataset_spec,
     protocol_plan,
 )
-from metareid.data.datasets.registry import _REGISTRY
+from metareid.data.datasets.registry import dataset_factory, list_datasets
 from metareid.engine.results import EvalResult, SplitResults
 from metareid.engine.run_view import RunView
 from metareid.evaluation import evaluate_features, extract_features
@@ -97,7 +97,7 @@ def target_splits(spec: str) -> list[str]:
         (['prid:split_id=0', 'prid:split_id=1'], ['prid:4'], ['market1501'])
     """
     parsed = parse_dataset_spec(spec)
-    factory = _REGISTRY.get(parsed.name)
+    factory = dataset_factory(parsed.name) if parsed.name in list_datasets() else None
     num_splits = int(getattr(factory, "num_splits", 1))
     if "split_id" in parsed.kwargs or num_splits <= 1:
         return [spec]

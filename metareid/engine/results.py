@@ -126,8 +126,8 @@ def run_label(cfg: TrainConfig) -> str:
     Example:
         >>> run_label(TrainConfig.from_dict({"preset": "published"}))
         'm3l [published] -> market1501'
-        >>> run_label(TrainConfig.from_dict({"preset": "published", "memory_update": "mean"}))
-        'm3l [published*: memory_update] -> market1501'
+        >>> run_label(TrainConfig.from_dict({"preset": "published", "memory_update_rule": "mean"}))
+        'm3l [published*: memory_update_rule] -> market1501'
     """
     preset = ""
     if cfg.preset != "none":

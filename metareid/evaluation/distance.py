@@ -24,8 +24,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from metareid._validation import check_choice, check_positive_int
-from metareid.evaluation._checks import as_feature_pair
+from metareid._validation import as_feature_pair, check_choice, check_positive_int
 from metareid.evaluation._threads import single_threaded
 
 __all__ = ["METRICS", "Metric", "compute_distance", "iter_distance_chunks"]

@@ -28,16 +28,14 @@ import torch
 from torch import Tensor
 
 from metareid._validation import (
-    check_choice,
-    check_finite,
-    check_positive_int,
-    check_unit_interval,
-)
-from metareid.evaluation._checks import (
     as_distances,
     as_feature_pair,
     as_ids,
+    check_choice,
+    check_finite,
     check_nonnegative_int,
+    check_positive_int,
+    check_unit_interval,
 )
 from metareid.evaluation._ranking import Cuhk03Accumulator, GalleryIndex, MarketAccumulator
 from metareid.evaluation.distance import METRICS, Metric, PairwiseDistance

@@ -41,8 +41,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metareid._validation import check_choice, check_positive_int, check_unit_interval
-from metareid.evaluation._checks import as_feature_pair
+from metareid._validation import (
+    as_feature_pair,
+    check_choice,
+    check_positive_int,
+    check_unit_interval,
+)
 from metareid.evaluation._threads import single_threaded
 from metareid.evaluation.distance import METRICS, Metric, PairwiseDistance
 

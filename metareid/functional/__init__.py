@@ -1,6 +1,11 @@
 """Pure functions behind metareid's modules (torch tensors in, torch tensors out)."""
 
-from metareid.functional.memory import memory_init, memory_logits, memory_update
+from metareid.functional.memory import (
+    memory_init,
+    memory_logits,
+    memory_update,
+    memory_update_,
+)
 from metareid.functional.memory_id import memory_id_loss
 from metareid.functional.metabn import metabn_mix, metabn_mixtures
 from metareid.functional.optim import adam_step, sgd_step
@@ -17,6 +22,7 @@ __all__ = [
     "memory_init",
     "memory_logits",
     "memory_update",
+    "memory_update_",
     "metabn_mix",
     "metabn_mixtures",
     "pairwise_euclidean_distance",

@@ -21,13 +21,13 @@ from metareid._validation import (
     format_ids,
 )
 
-__all__ = ["UPDATE_MODES", "memory_init", "memory_logits", "memory_update"]
+__all__ = ["UPDATE_RULES", "memory_init", "memory_logits", "memory_update", "memory_update_"]
 
-#: Accepted values of the ``mode`` argument of :func:`memory_update`.
-UPDATE_MODES = ("mean", "sequential")
+#: Accepted values of the ``update_rule`` argument of :func:`memory_update`.
+UPDATE_RULES = ("mean", "sequential")
 
 
-def memory_init(features: Tensor, labels: Tensor, num_ids: int) -> Tensor:
+def memory_init(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     """Identity centroids for a fresh memory: the L2-normalised mean feature of each id.
 
     Implements the memory initialisation of Sec. 3.3 of the M3L paper. The paper takes the
@@ -37,48 +37,48 @@ def memory_init(features: Tensor, labels: Tensor, num_ids: int) -> Tensor:
 
     Args:
         features: features of the whole source domain, shape (N, D), finite.
-        labels: identity of each feature, integers in [0, num_ids), shape (N,).
-        num_ids: number of identities C. Every id in [0, C) needs at least one sample.
+        labels: identity of each feature, integers in [0, num_classes), shape (N,).
+        num_classes: number of identities C. Every id in [0, C) needs at least one sample.
 
     Returns:
         The memory, shape (C, D), with the dtype and device of ``features``, detached.
 
     Raises:
         ValueError: if an id has no sample (the missing ids are listed), if a label lies
-            outside [0, num_ids), if shapes disagree or if ``features`` is not finite.
+            outside [0, num_classes), if shapes disagree or if ``features`` is not finite.
         TypeError: if ``labels`` is not an integer tensor.
 
     Example:
         >>> import torch
         >>> from metareid.functional import memory_init
         >>> features = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0]])
-        >>> memory_init(features, torch.tensor([0, 1, 1]), num_ids=2)
+        >>> memory_init(features, torch.tensor([0, 1, 1]), num_classes=2)
         tensor([[1., 0.],
                 [0., 1.]])
     """
-    num_ids = check_positive_int("num_ids", num_ids)
+    num_classes = check_positive_int("num_classes", num_classes)
     check_features("features", features)
-    check_labels("labels", labels, features.shape[0], num_ids)
+    check_labels("labels", labels, features.shape[0], num_classes)
     check_finite("features", features)
     features = features.detach()
     labels = labels.to(features.device)
-    counts = torch.bincount(labels, minlength=num_ids)
+    counts = torch.bincount(labels, minlength=num_classes)
     missing = torch.nonzero(counts == 0).flatten().tolist()
     if missing:
         raise ValueError(
-            f"labels must cover every id in [0, {num_ids}) so that each memory slot gets a "
+            f"labels must cover every id in [0, {num_classes}) so that each memory slot gets a "
             f"centroid, got no sample for ids {format_ids(missing)}"
         )
-    sums = features.new_zeros(num_ids, features.shape[1]).index_add_(0, labels, features)
+    sums = features.new_zeros(num_classes, features.shape[1]).index_add_(0, labels, features)
     return F.normalize(sums / counts.unsqueeze(1).to(features.dtype), dim=1)
 
 
 def _check_update_args(
-    memory: Tensor, features: Tensor, labels: Tensor, momentum: float, mode: str
+    memory: Tensor, features: Tensor, labels: Tensor, momentum: float, update_rule: str
 ) -> tuple[Tensor, Tensor, float]:
     """Validate the arguments of an update; return features and labels ready for it."""
     check_memory("memory", memory)
-    check_choice("mode", mode, UPDATE_MODES)
+    check_choice("update_rule", update_rule, UPDATE_RULES)
     momentum = check_unit_interval("momentum", momentum)
     check_features("features", features, dim=memory.shape[1])
     check_labels("labels", labels, features.shape[0], memory.shape[0])
@@ -118,12 +118,21 @@ def _update_sequential_(
 
 
 @torch.no_grad()
-def _memory_update_(
-    memory: Tensor, features: Tensor, labels: Tensor, momentum: float, mode: str
+def memory_update_(
+    memory: Tensor,
+    features: Tensor,
+    labels: Tensor,
+    momentum: float = 0.2,
+    update_rule: str = "mean",
 ) -> Tensor:
-    """In-place version of :func:`memory_update`; ``memory`` is only written once all checks pass."""
-    features, labels, momentum = _check_update_args(memory, features, labels, momentum, mode)
-    if mode == "mean":
+    """In-place :func:`memory_update` (Eq. 2): writes the updated rows into ``memory``.
+
+    Same arguments, rules and errors as :func:`memory_update`. ``memory`` is written only
+    once every argument has passed its checks, so a bad call leaves it unchanged. Returns
+    ``memory``.
+    """
+    features, labels, momentum = _check_update_args(memory, features, labels, momentum, update_rule)
+    if update_rule == "mean":
         return _update_mean_(memory, features, labels, momentum)
     return _update_sequential_(memory, features, labels, momentum)
 
@@ -133,16 +142,16 @@ def memory_update(
     features: Tensor,
     labels: Tensor,
     momentum: float = 0.2,
-    mode: str = "mean",
+    update_rule: str = "mean",
 ) -> Tensor:
     """Momentum update of the identity centroids (Eq. 2 of the M3L paper), out of place.
 
-    ``mode="mean"`` (default, the paper): for every distinct id k in the batch,
+    ``update_rule="mean"`` (default, the paper): for every distinct id k in the batch,
     ``M[k] <- normalize(m * M[k] + (1 - m) * mean_k)`` where ``mean_k`` is the mean of the
     batch features labelled k. Eq. 2 itself has no renormalisation; it is applied here, as in
     the published code, so that the centroids stay unit-norm.
 
-    ``mode="sequential"`` (the published code): the result of the per-sample loop
+    ``update_rule="sequential"`` (the published code): the result of the per-sample loop
     ``for f, y in batch: M[y] <- normalize(m * M[y] + (1 - m) * f)`` in batch order. It is
     vectorised across identities and loops only over the occurrence rank within an identity
     (at most K rounds for a P x K batch). The published code uses m = 0.2 in this form, which
@@ -157,14 +166,14 @@ def memory_update(
         features: batch features, shape (B, D), finite.
         labels: identities of the batch, integers in [0, C), shape (B,).
         momentum: m in [0, 1], the weight kept by the old centroid. Default 0.2 (paper and code).
-        mode: ``"mean"`` (default, paper) or ``"sequential"`` (published code).
+        update_rule: ``"mean"`` (default, paper) or ``"sequential"`` (published code).
 
     Returns:
         The updated memory, shape (C, D); rows of ids absent from the batch are copied as is.
 
     Raises:
         ValueError: for a bad shape, an empty batch, labels outside [0, C), non-finite
-            features, momentum outside [0, 1] or an unknown mode.
+            features, momentum outside [0, 1] or an unknown update_rule.
         TypeError: for non-tensor inputs or non-integer labels.
 
     Example:
@@ -177,7 +186,7 @@ def memory_update(
                 [0.0000, 1.0000]])
     """
     out = memory.detach().clone() if isinstance(memory, Tensor) else memory
-    return _memory_update_(out, features, labels, momentum, mode)
+    return memory_update_(out, features, labels, momentum, update_rule)
 
 
 def memory_logits(features: Tensor, memory: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ from metareid._validation import (
     check_choice,
     check_features,
     check_labels,
+    check_optional_nonnegative,
     check_positive_finite,
 )
 from metareid.functional.memory_id import REDUCTIONS
@@ -125,7 +126,7 @@ def hard_triplet_loss(
         >>> hard_triplet_loss(features, torch.tensor([0, 1, 0, 1]), margin=0.3)
         tensor(1.3000)
     """
-    margin = _check_margin(margin)
+    margin = check_optional_nonnegative("margin", margin)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool, got {normalize!r}")
     check_choice("reduction", reduction, REDUCTIONS)
@@ -153,14 +154,3 @@ def hard_triplet_loss(
     if reduction == "sum":
         return total
     return total / valid.sum().clamp(min=1)
-
-
-def _check_margin(margin: object) -> float | None:
-    if margin is None:
-        return None
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-        raise TypeError(f"margin must be a finite real number >= 0 or None, got {margin!r}")
-    value = float(margin)
-    if not (value >= 0.0 and value != float("inf")):
-        raise ValueError(f"margin must be a finite real number >= 0 or None, got {margin!r}")
-    return value

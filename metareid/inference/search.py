@@ -23,9 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metareid._validation import check_choice, check_positive_int
+from metareid._validation import as_feature_pair, check_choice, check_positive_int
 from metareid.data.datasets.generic import MARKET_NAME_PATTERN
-from metareid.evaluation._checks import as_feature_pair
 from metareid.evaluation.distance import METRICS, Metric, PairwiseDistance
 
 __all__ = ["CHUNK_ELEMENTS", "SearchResult", "names_to_ids", "search_grid", "topk_search"]

@@ -5,7 +5,7 @@ A checkpoint written by :class:`metareid.engine.Trainer` (``last.pt``) holds ``f
 ``epoch`` and ``model`` (the state dict), next to optimiser and memory state that inference
 does not need. The architecture is rebuilt from the config fields ``arch``,
 ``last_stride``, ``method`` (MetaBN neck for ``"m3l"``, plain BatchNorm1d otherwise),
-``metabn_scale`` and ``share_lambda``; the sizes of the classifier heads of
+``sample_scale`` and ``share_lambda``; the sizes of the classifier heads of
 ``id_loss="fc_global"``/``"fc_domain"`` runs are read from the state dict shapes. ImageNet
 weights are never requested: the weights come from the checkpoint. Config keys this version
 does not know (written by a newer metareid) are ignored; the strict state dict load still

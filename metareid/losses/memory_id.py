@@ -27,7 +27,7 @@ class MemoryIDLoss(nn.Module):
         >>> import torch.nn.functional as F
         >>> from metareid.losses import MemoryIDLoss
         >>> from metareid.memory import MemoryBank
-        >>> bank = MemoryBank(num_ids=4, dim=8)
+        >>> bank = MemoryBank(num_classes=4, dim=8)
         >>> bank.init_from(F.normalize(torch.randn(16, 8), dim=1), torch.arange(16) % 4)
         >>> features = F.normalize(torch.randn(4, 8, requires_grad=True), dim=1)
         >>> loss = MemoryIDLoss()(features, torch.tensor([0, 1, 2, 3]), bank)
@@ -44,7 +44,7 @@ class MemoryIDLoss(nn.Module):
 
         Args:
             features: shape (B, D) with D = ``memory.dim``.
-            labels: identities, integers in [0, ``memory.num_ids``), shape (B,).
+            labels: identities, integers in [0, ``memory.num_classes``), shape (B,).
             memory: the bank of the features' domain.
 
         Returns:

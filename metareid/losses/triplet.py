@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from metareid._validation import check_choice
+from metareid._validation import check_choice, check_optional_nonnegative
 from metareid.functional.memory_id import REDUCTIONS
-from metareid.functional.triplet import _check_margin, hard_triplet_loss
+from metareid.functional.triplet import hard_triplet_loss
 
 __all__ = ["HardTripletLoss"]
 
@@ -40,7 +40,7 @@ class HardTripletLoss(nn.Module):
         self, margin: float | None = 0.3, normalize: bool = False, reduction: str = "mean"
     ) -> None:
         super().__init__()
-        self.margin = _check_margin(margin)
+        self.margin = check_optional_nonnegative("margin", margin)
         if not isinstance(normalize, bool):
             raise TypeError(f"normalize must be a bool, got {normalize!r}")
         self.normalize = normalize

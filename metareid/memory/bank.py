@@ -12,10 +12,10 @@ from metareid._validation import (
     check_unit_interval,
 )
 from metareid.functional.memory import (
-    UPDATE_MODES,
-    _memory_update_,
+    UPDATE_RULES,
     memory_init,
     memory_logits,
+    memory_update_,
 )
 
 __all__ = ["MemoryBank"]
@@ -24,7 +24,7 @@ __all__ = ["MemoryBank"]
 class MemoryBank(nn.Module):
     """Non-parametric identity memory of one source domain, updated by momentum (Eq. 2).
 
-    Holds the centroids in the buffer :attr:`features`, shape (num_ids, dim), so that
+    Holds the centroids in the buffer :attr:`features`, shape (num_classes, dim), so that
     ``state_dict()``, ``.to()`` and DDP buffer broadcasting cover it. It is not trained by
     an optimiser: :meth:`init_from` fills it, :meth:`update` moves it without recording a
     graph, and :meth:`forward` returns the logits ``features @ memory.T``, through which the
@@ -35,14 +35,15 @@ class MemoryBank(nn.Module):
     :meth:`update`.
 
     Args:
-        num_ids: C, the number of identities of the domain.
+        num_classes: C, the number of identities of the domain.
         dim: D, the feature dimension.
         momentum: m in [0, 1], the weight the old centroid keeps in :meth:`update`.
             Default 0.2 (paper and published code).
-        update: ``"mean"`` (default, the paper's Eq. 2: one step per identity with the mean
+        update_rule: ``"mean"`` (default, the paper's Eq. 2: one step per identity with the mean
             of its batch features) or ``"sequential"`` (the published code: one step per
             sample in batch order). Both renormalise the updated centroids, as the published
-            code does; Eq. 2 as printed does not. Stored as :attr:`update_mode`.
+            code does; Eq. 2 as printed does not. A property: assigning
+            another value later is validated.
         device: device of the buffer.
         dtype: dtype of the buffer (floating point).
 
@@ -53,7 +54,7 @@ class MemoryBank(nn.Module):
         >>> import torch
         >>> import torch.nn.functional as F
         >>> from metareid.memory import MemoryBank
-        >>> bank = MemoryBank(num_ids=3, dim=8)
+        >>> bank = MemoryBank(num_classes=3, dim=8)
         >>> bank.init_from(F.normalize(torch.randn(30, 8), dim=1), torch.arange(30) % 3)
         >>> feats = F.normalize(torch.randn(6, 8, requires_grad=True), dim=1)
         >>> logits = bank(feats)  # (6, 3) cosine similarities
@@ -66,22 +67,22 @@ class MemoryBank(nn.Module):
 
     def __init__(
         self,
-        num_ids: int,
+        num_classes: int,
         dim: int,
         momentum: float = 0.2,
-        update: str = "mean",
+        update_rule: str = "mean",
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.num_ids = check_positive_int("num_ids", num_ids)
+        self.num_classes = check_positive_int("num_classes", num_classes)
         self.dim = check_positive_int("dim", dim)
         self.momentum = momentum
-        self.update_mode = update
+        self.update_rule = update_rule
         if dtype is not None and not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
-        self.register_buffer("features", torch.zeros(num_ids, dim, device=device, dtype=dtype))
+        self.register_buffer("features", torch.zeros(num_classes, dim, device=device, dtype=dtype))
 
     @property
     def momentum(self) -> float:
@@ -93,13 +94,13 @@ class MemoryBank(nn.Module):
         self._momentum = check_unit_interval("momentum", value)
 
     @property
-    def update_mode(self) -> str:
+    def update_rule(self) -> str:
         """``"mean"`` or ``"sequential"``; setting an invalid value raises and keeps the old one."""
-        return self._update_mode
+        return self._update_rule
 
-    @update_mode.setter
-    def update_mode(self, value: str) -> None:
-        self._update_mode = check_choice("update", value, UPDATE_MODES)
+    @update_rule.setter
+    def update_rule(self, value: str) -> None:
+        self._update_rule = check_choice("update_rule", value, UPDATE_RULES)
 
     @torch.no_grad()
     def init_from(self, features: Tensor, labels: Tensor) -> None:
@@ -110,7 +111,7 @@ class MemoryBank(nn.Module):
 
         Args:
             features: features of the whole domain, shape (N, dim), finite.
-            labels: identities, integers in [0, num_ids), shape (N,). Every identity needs at
+            labels: identities, integers in [0, num_classes), shape (N,). Every identity needs at
                 least one sample.
 
         Raises:
@@ -121,20 +122,20 @@ class MemoryBank(nn.Module):
         Example:
             >>> import torch
             >>> from metareid.memory import MemoryBank
-            >>> bank = MemoryBank(num_ids=2, dim=2)
+            >>> bank = MemoryBank(num_classes=2, dim=2)
             >>> bank.init_from(torch.tensor([[3.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 1]))
             >>> bank.features
             tensor([[1., 0.],
                     [0., 1.]])
         """
         check_features("features", features, dim=self.dim)
-        centroids = memory_init(features, labels, self.num_ids)
+        centroids = memory_init(features, labels, self.num_classes)
         self.features.copy_(centroids)
 
     def update(self, features: Tensor, labels: Tensor) -> None:
         """Move the centroids of the batch's identities towards its features (Eq. 2).
 
-        Uses :attr:`momentum` and :attr:`update_mode`; see
+        Uses :attr:`momentum` and :attr:`update_rule`; see
         :func:`metareid.functional.memory_update`. Runs without gradient even if
         ``features`` requires grad. Logits returned by an earlier :meth:`forward` stay
         valid for ``backward``, so the update may come before or after it.
@@ -142,7 +143,7 @@ class MemoryBank(nn.Module):
         Args:
             features: batch features, shape (B, dim), finite (moved to the bank's dtype and
                 device).
-            labels: identities, integers in [0, num_ids), shape (B,).
+            labels: identities, integers in [0, num_classes), shape (B,).
 
         Raises:
             ValueError: for an empty batch, a bad shape, labels out of range (listed) or
@@ -152,13 +153,13 @@ class MemoryBank(nn.Module):
         Example:
             >>> import torch
             >>> from metareid.memory import MemoryBank
-            >>> bank = MemoryBank(num_ids=2, dim=2, momentum=0.0)
+            >>> bank = MemoryBank(num_classes=2, dim=2, momentum=0.0)
             >>> bank.update(torch.tensor([[0.0, 2.0]]), torch.tensor([1]))
             >>> bank.features
             tensor([[0., 0.],
                     [0., 1.]])
         """
-        _memory_update_(self.features, features, labels, self.momentum, self.update_mode)
+        memory_update_(self.features, features, labels, self.momentum, self.update_rule)
 
     def snapshot(self, dtype: torch.dtype | None = None) -> Tensor:
         """A detached copy of the centroids, shape (C, D), safe to keep in a graph.
@@ -171,13 +172,13 @@ class MemoryBank(nn.Module):
 
         Example:
             >>> from metareid.memory import MemoryBank
-            >>> MemoryBank(num_ids=4, dim=3).snapshot().shape
+            >>> MemoryBank(num_classes=4, dim=3).snapshot().shape
             torch.Size([4, 3])
         """
         return self.features.detach().to(dtype=dtype, copy=True)
 
     def forward(self, features: Tensor) -> Tensor:
-        """Logits ``features @ memory.T`` of shape (B, num_ids) (the similarities of Eq. 3).
+        """Logits ``features @ memory.T`` of shape (B, num_classes) (the similarities of Eq. 3).
 
         The gradient flows to ``features`` only. The memory is cast to the dtype of
         ``features``.
@@ -186,12 +187,12 @@ class MemoryBank(nn.Module):
             features: shape (B, dim); M3L passes L2-normalised features.
 
         Returns:
-            Logits, shape (B, num_ids).
+            Logits, shape (B, num_classes).
 
         Example:
             >>> import torch
             >>> from metareid.memory import MemoryBank
-            >>> bank = MemoryBank(num_ids=5, dim=3)
+            >>> bank = MemoryBank(num_classes=5, dim=3)
             >>> bank(torch.randn(2, 3)).shape
             torch.Size([2, 5])
         """
@@ -200,6 +201,6 @@ class MemoryBank(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"num_ids={self.num_ids}, dim={self.dim}, momentum={self.momentum}, "
-            f"update={self.update_mode!r}"
+            f"num_classes={self.num_classes}, dim={self.dim}, momentum={self.momentum}, "
+            f"update_rule={self.update_rule!r}"
         )

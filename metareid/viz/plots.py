@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from metareid.viz._checks import as_numpy as _as_np
-from metareid.viz._checks import describe as _describe
+from metareid._validation import as_numpy as _as_np
+from metareid._validation import describe as _describe
 
 __all__ = ["plot_training_curves", "plot_tsne"]
 

@@ -17,9 +17,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from metareid._validation import as_numpy as _as_np
 from metareid._validation import check_int
-from metareid.viz._checks import as_numpy as _as_np
-from metareid.viz._checks import describe as _describe
+from metareid._validation import describe as _describe
 
 __all__ = ["retrieval_grid"]
 

@@ -92,8 +92,8 @@ def init_memories_exactly(trainer) -> None:
     its own: ``test_evaluation.py`` and the evaluation check below)."""
     for d, bank in enumerate(trainer.memories):
         g = torch.Generator().manual_seed(1000 + d)
-        feats = torch.randn(bank.num_ids, bank.dim, generator=g, dtype=torch.float64)
-        bank.init_from(torch.nn.functional.normalize(feats, dim=1), torch.arange(bank.num_ids))
+        feats = torch.randn(bank.num_classes, bank.dim, generator=g, dtype=torch.float64)
+        bank.init_from(torch.nn.functional.normalize(feats, dim=1), torch.arange(bank.num_classes))
 
 
 def run(trainer) -> dict:

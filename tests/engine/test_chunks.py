@@ -246,7 +246,7 @@ def test_bad_input():
 def test_dataparallel_split_with_a_mixing_neck_trains_end_to_end():
     # Three domains, three replicas, second order: finite, moves, never writes a mixture.
     model = tiny_model()
-    banks = make_banks(update="sequential")
+    banks = make_banks(update_rule="sequential")
     step = M3LStep(M3LObjective(banks, 3), DataParallelSplit(3), memory_update_timing="after")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     learner = MetaLearner(model, opt, meta_test_grad="second_order_only")

@@ -72,4 +72,4 @@ def test_module_entry_point_help():
         text=True,
         check=True,
     )
-    assert "--memory-update-timing" in res.stdout and "--metabn-scale" in res.stdout
+    assert "--memory-update-timing" in res.stdout and "--sample-scale" in res.stdout

@@ -19,7 +19,7 @@ def test_defaults_are_the_papers():
     )
     assert (cfg.num_identities, cfg.num_instances, cfg.height, cfg.width) == (16, 4, 256, 128)
     assert (cfg.memory_momentum, cfg.temperature, cfg.margin) == (0.2, 0.05, 0.3)
-    assert cfg.method == "m3l" and cfg.memory_update == "mean" and cfg.metabn_scale == "std"
+    assert cfg.method == "m3l" and cfg.memory_update_rule == "mean" and cfg.sample_scale == "std"
 
 
 def test_file_round_trip_and_flags_override(tmp_path):
@@ -87,12 +87,12 @@ def test_presets_set_every_switch_and_explicit_values_win(tmp_path):
         for key, value in switches.items():
             assert getattr(cfg, key) == value, (name, key)
     args = build_parser().parse_args(
-        ["train", "--preset", "published", "--memory-update", "mean", "--inner-eps-root", "0"]
+        ["train", "--preset", "published", "--memory-update-rule", "mean", "--inner-eps-root", "0"]
     )
     cfg = TrainConfig.from_args(args)
-    assert cfg.memory_update == "mean" and cfg.metabn_scale == "var"
+    assert cfg.memory_update_rule == "mean" and cfg.sample_scale == "var"
     assert preset_deviations(cfg) == {
-        "memory_update": ("sequential", "mean"),
+        "memory_update_rule": ("sequential", "mean"),
         "inner_eps_root": (1e-5, 0.0),
     }
     # A config file: the preset fills the keys the file does not give.
@@ -137,10 +137,10 @@ def test_bad_preset_eps_root_and_amp_values(key, value, match):
 def test_run_label_and_preset_line_record_the_preset():
     from metareid.engine import TrainConfig, describe_preset, run_label
 
-    cfg = TrainConfig.from_dict({"preset": "published", "metabn_scale": "std"})
-    assert run_label(cfg) == "m3l [published*: metabn_scale] -> market1501"
+    cfg = TrainConfig.from_dict({"preset": "published", "sample_scale": "std"})
+    assert run_label(cfg) == "m3l [published*: sample_scale] -> market1501"
     assert describe_preset(cfg) == (
-        "preset: published, overridden: metabn_scale='std' (preset 'var')"
+        "preset: published, overridden: sample_scale='std' (preset 'var')"
     )
 
 
@@ -174,6 +174,23 @@ def test_first_order_of_earlier_versions_is_read_as_meta_test_grad():
     with pytest.raises(ValueError, match=r"first_order \(now meta_test_grad\) must be one of"):
         TrainConfig.from_dict({"first_order": "yes"})
     assert not hasattr(TrainConfig(), "first_order")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "value"),
+    [("memory_update", "memory_update_rule", "sequential"), ("metabn_scale", "sample_scale", "var")],
+)
+def test_renamed_keys_of_earlier_versions(old, new, value):
+    from metareid.config import config_value
+    from metareid.engine import TrainConfig
+
+    assert getattr(TrainConfig.from_dict({old: value}), new) == value
+    assert config_value({old: value}, new) == value  # checkpoints of earlier versions
+    with pytest.raises(ValueError, match=rf"{old}=.* contradicts {new}="):
+        TrainConfig.from_dict({old: value, new: "mean" if new == "memory_update_rule" else "std"})
+    with pytest.raises(ValueError, match=rf"{old} \(now {new}\) must be one of"):
+        TrainConfig.from_dict({old: "ema"})
+    assert not hasattr(TrainConfig(), old)
 
 
 @pytest.mark.parametrize(

@@ -114,7 +114,7 @@ def test_two_micro_batches_split_every_batch(tiny_bench, tiny_config, tmp_path):
         not torch.allclose(a, b) for a, b in zip(one.model.parameters(), two.model.parameters())
     )
     for m in two.memories:
-        torch.testing.assert_close(m.features.norm(dim=1), torch.ones(m.num_ids))
+        torch.testing.assert_close(m.features.norm(dim=1), torch.ones(m.num_classes))
     state = two.state_dict()
     assert state["num_chunks"] == 2
     state["config"]["output_dir"] = one.cfg.output_dir  # micro_batches alone differs

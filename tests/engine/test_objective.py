@@ -142,7 +142,7 @@ def test_after_timing_writes_an_extra_train_mode_forward_of_every_domain():
     # Published code: after the outer step, a no-grad train-mode forward of every source
     # batch (BN running statistics move again), then the per-sample renormalised update.
     model = tiny_model().train()
-    banks = make_banks(3, update="sequential")
+    banks = make_banks(3, update_rule="sequential")
     step = M3LStep(M3LObjective(banks, 3), memory_update_timing="after")
     batches = make_batches(3)
     ref_model = copy.deepcopy(model)

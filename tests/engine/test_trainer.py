@@ -20,7 +20,7 @@ SWITCHES = [
     dict(method="m3l", id_loss="fc_domain"),
     dict(method="baseline", id_loss="fc_domain"),
     dict(
-        method="m3l", memory_update="sequential", metabn_scale="var", memory_update_timing="after"
+        method="m3l", memory_update_rule="sequential", sample_scale="var", memory_update_timing="after"
     ),
     dict(method="m3l", meta_test_grad="first_order", backend="func", inner_state="continue"),
     dict(method="meta", inner_eps=1e-6),
@@ -33,7 +33,7 @@ SWITCHES = [
         freeze_neck_bias=False,
         sampler="published",
         dataparallel=3,
-        memory_update="sequential",
+        memory_update_rule="sequential",
         memory_update_timing="after",
         eval_every=1,
     ),
@@ -70,7 +70,7 @@ def test_every_switch_trains_and_evaluates(tiny_bench, tiny_config, tmp_path, sw
     assert len(trainer.memories) == (2 if cfg.id_loss == "memory" else 0)
     for m, b in zip(trainer.memories, before):
         assert not torch.equal(m.features, b)  # the memories were updated
-        torch.testing.assert_close(m.features.norm(dim=1), torch.ones(m.num_ids))
+        torch.testing.assert_close(m.features.norm(dim=1), torch.ones(m.num_classes))
 
 
 def test_memories_start_from_eval_mode_class_means(tiny_bench, tiny_config, tmp_path):
@@ -88,7 +88,7 @@ def test_memories_start_from_eval_mode_class_means(tiny_bench, tiny_config, tmp_
                 feats.append(model(batch["img"]))
                 pids.append(batch["pid"])
         feats, pids = torch.cat(feats), torch.cat(pids)
-        for k in range(memory.num_ids):
+        for k in range(memory.num_classes):
             centroid = torch.nn.functional.normalize(feats[pids == k].mean(0), dim=0)
             torch.testing.assert_close(memory.features[k], centroid, rtol=1e-5, atol=1e-6)
     assert isinstance(trainer.memories[0], MemoryBank)

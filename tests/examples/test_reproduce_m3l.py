@@ -98,7 +98,7 @@ def test_seeds_and_preset_reach_the_configs(tmp_path):
     assert args.seeds == 3 and extra[:2] == ["--preset", "published"]
     cfg = m3l_config(example, args, extra, tmp_path, seed=5)
     assert cfg.seed == 5 and cfg.preset == "published" and cfg.lr == 1e-3
-    assert (cfg.memory_update, cfg.memory_update_timing, cfg.metabn_scale) == (
+    assert (cfg.memory_update_rule, cfg.memory_update_timing, cfg.sample_scale) == (
         "sequential",
         "after",
         "var",
@@ -114,9 +114,9 @@ def test_seeds_and_preset_reach_the_configs(tmp_path):
         "published",
         3,
     )
-    args, extra = example.parse_args(["--preset", "published", "--", "--memory-update", "mean"])
+    args, extra = example.parse_args(["--preset", "published", "--", "--memory-update-rule", "mean"])
     cfg = m3l_config(example, args, extra, tmp_path, seed=0)
-    assert cfg.memory_update == "mean" and cfg.metabn_scale == "var"
+    assert cfg.memory_update_rule == "mean" and cfg.sample_scale == "var"
 
 
 # ---------------------------------------------------------------------------- fake trees

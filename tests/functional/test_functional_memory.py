@@ -54,7 +54,7 @@ def test_memory_init_truncates_long_missing_list() -> None:
 def test_mean_update_matches_loop(momentum: float) -> None:
     memory, features, labels = _batch()
     expected = _loop_mean_update(memory, features, labels, momentum)
-    out = memory_update(memory, features, labels, momentum=momentum, mode="mean")
+    out = memory_update(memory, features, labels, momentum=momentum, update_rule="mean")
     torch.testing.assert_close(out, expected)
 
 
@@ -62,7 +62,7 @@ def test_mean_update_matches_loop(momentum: float) -> None:
 def test_sequential_update_matches_loop(momentum: float) -> None:
     memory, features, labels = _batch()
     expected = _loop_sequential_update(memory, features, labels, momentum)
-    out = memory_update(memory, features, labels, momentum=momentum, mode="sequential")
+    out = memory_update(memory, features, labels, momentum=momentum, update_rule="sequential")
     torch.testing.assert_close(out, expected)
 
 
@@ -95,7 +95,7 @@ def test_update_is_pure_and_records_no_graph() -> None:
     before = memory.clone()
     features.requires_grad_(True)
     for mode in ("mean", "sequential"):
-        out = memory_update(memory, features, labels, mode=mode)
+        out = memory_update(memory, features, labels, update_rule=mode)
         assert out.grad_fn is None and not out.requires_grad
     torch.testing.assert_close(memory, before, rtol=0, atol=0)
 
@@ -149,9 +149,9 @@ def test_zero_row_does_not_give_nan() -> None:
         ({"momentum": float("nan")}, ValueError, "momentum"),
         ({"momentum": True}, TypeError, "momentum"),
         (
-            {"mode": "median"},
+            {"update_rule": "median"},
             ValueError,
-            r"mode must be one of \['mean', 'sequential'\], got 'median'",
+            r"update_rule must be one of \['mean', 'sequential'\], got 'median'",
         ),
         (
             {"memory": torch.zeros(6, 5, dtype=torch.long)},

@@ -36,7 +36,7 @@ def test_buffer_and_defaults() -> None:
     bank = MemoryBank(3, 2)
     assert list(dict(bank.named_buffers())) == ["features"]
     assert list(bank.parameters()) == []
-    assert bank.momentum == 0.2 and bank.update_mode == "mean"
+    assert bank.momentum == 0.2 and bank.update_rule == "mean"
     torch.testing.assert_close(bank.features, torch.zeros(3, 2))
 
 
@@ -58,7 +58,7 @@ def test_init_from_lists_missing_ids_and_keeps_bank(bank: MemoryBank) -> None:
     ("mode", "reference"), [("mean", _loop_mean_update), ("sequential", _loop_sequential_update)]
 )
 def test_update_matches_loop(bank: MemoryBank, mode: str, reference: Callable[..., Tensor]) -> None:
-    bank.update_mode = mode
+    bank.update_rule = mode
     bank.momentum = 0.3
     features, labels = _batch()
     expected = reference(bank.features, features, labels, 0.3)
@@ -66,8 +66,8 @@ def test_update_matches_loop(bank: MemoryBank, mode: str, reference: Callable[..
     torch.testing.assert_close(bank.features, expected)
 
 
-def test_constructor_update_mode() -> None:
-    assert MemoryBank(2, 2, update="sequential").update_mode == "sequential"
+def test_constructor_update_rule() -> None:
+    assert MemoryBank(2, 2, update_rule="sequential").update_rule == "sequential"
 
 
 def test_update_records_no_graph(bank: MemoryBank) -> None:
@@ -163,20 +163,20 @@ def test_bad_momentum(bank: MemoryBank, momentum: Any) -> None:
     assert not torch.equal(bank.features, before)
 
 
-def test_bad_update_mode(bank: MemoryBank) -> None:
-    with pytest.raises(ValueError, match=r"update must be one of \['mean', 'sequential'\]"):
-        MemoryBank(2, 2, update="ema")
+def test_bad_update_rule(bank: MemoryBank) -> None:
+    with pytest.raises(ValueError, match=r"update_rule must be one of \['mean', 'sequential'\]"):
+        MemoryBank(2, 2, update_rule="ema")
     before = bank.features.clone()
     with pytest.raises(ValueError, match="'ema'"):
-        bank.update_mode = "ema"
-    assert bank.update_mode == "mean"
+        bank.update_rule = "ema"
+    assert bank.update_rule == "mean"
     torch.testing.assert_close(bank.features, before, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("num_ids", "dim"), [(0, 2), (2, 0), (2.0, 2), (True, 2)])
-def test_bad_sizes(num_ids: Any, dim: Any) -> None:
-    with pytest.raises((ValueError, TypeError), match=r"num_ids|dim"):
-        MemoryBank(num_ids, dim)
+@pytest.mark.parametrize(("num_classes", "dim"), [(0, 2), (2, 0), (2.0, 2), (True, 2)])
+def test_bad_sizes(num_classes: Any, dim: Any) -> None:
+    with pytest.raises((ValueError, TypeError), match=r"num_classes|dim"):
+        MemoryBank(num_classes, dim)
 
 
 def test_forward_rejects_wrong_dim(bank: MemoryBank) -> None:
@@ -192,14 +192,14 @@ def test_snapshot_is_a_copy(bank: MemoryBank) -> None:
 
 
 def test_repr() -> None:
-    assert "update='sequential'" in repr(MemoryBank(2, 3, update="sequential"))
+    assert "update_rule='sequential'" in repr(MemoryBank(2, 3, update_rule="sequential"))
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("mode", ["mean", "sequential"])
 def test_cuda_bank_with_cpu_labels(mode: str) -> None:
-    bank = MemoryBank(3, DIM, update=mode, device="cuda")
+    bank = MemoryBank(3, DIM, update_rule=mode, device="cuda")
     bank.init_from(torch.randn(6, DIM, device="cuda"), torch.arange(6) % 3)
     before = bank.features.cpu()
     features, labels = _batch()

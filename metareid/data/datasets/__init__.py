@@ -29,10 +29,11 @@ from metareid.data.datasets.prid import PRID
 from metareid.data.datasets.registry import (
     DatasetFactory,
     build_dataset,
+    dataset_factory,
     list_datasets,
     register_dataset,
 )
-from metareid.data.datasets.synthetic import SYNTHETIC_DOMAIN_DIR, SyntheticReID
+from metareid.data.datasets.synthetic_benchmark import SYNTHETIC_DOMAIN_DIR, SyntheticReID
 from metareid.data.datasets.viper import VIPeR
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "Use",
     "VIPeR",
     "build_dataset",
+    "dataset_factory",
     "drop_junk",
     "list_datasets",
     "load_image",

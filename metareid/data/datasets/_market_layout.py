@@ -7,14 +7,8 @@ import re
 from pathlib import Path
 from typing import ClassVar
 
-from metareid.data.datasets.base import (
-    OnBadImage,
-    ReIDDataset,
-    Use,
-    _name_parser,
-    _resolve_dataset_dir,
-    _scan_folder,
-)
+from metareid.data.datasets._folders import name_parser, resolve_dataset_dir, scan_folder
+from metareid.data.datasets.base import OnBadImage, ReIDDataset, Use
 
 __all__ = ["MarketLayoutDataset"]
 
@@ -55,16 +49,16 @@ class MarketLayoutDataset(ReIDDataset):
         on_bad_image: OnBadImage = "raise",
     ) -> None:
         self.root = Path(root)
-        self.dataset_dir = _resolve_dataset_dir(
+        self.dataset_dir = resolve_dataset_dir(
             type(self).__name__,
             self.root,
             self.dataset_dir_candidates(),
             self.split_dirs,
             self.layout,
         )
-        parse = _name_parser(type(self).__name__, self.pattern, self.example_name, self.num_cameras)
+        parse = name_parser(type(self).__name__, self.pattern, self.example_name, self.num_cameras)
         train, query, gallery = (
-            _scan_folder(
+            scan_folder(
                 type(self).__name__,
                 self.dataset_dir / split,
                 self.extensions,

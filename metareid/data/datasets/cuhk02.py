@@ -8,14 +8,8 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from metareid._validation import check_choice
-from metareid.data.datasets.base import (
-    ImageRecord,
-    OnBadImage,
-    ReIDDataset,
-    Use,
-    _resolve_dataset_dir,
-    _scan_folder,
-)
+from metareid.data.datasets._folders import resolve_dataset_dir, scan_folder
+from metareid.data.datasets.base import ImageRecord, OnBadImage, ReIDDataset, Use
 
 __all__ = ["CUHK02", "PAIR_ID_BASE"]
 
@@ -106,7 +100,7 @@ class CUHK02(ReIDDataset):
         self.test_pair = check_choice("test_pair", test_pair, _PAIRS)
         self.root = Path(root)
         required = [f"{pair}/{cam}" for pair in _PAIRS for cam in ("cam1", "cam2")]
-        self.dataset_dir = _resolve_dataset_dir(
+        self.dataset_dir = resolve_dataset_dir(
             name, self.root, ["Dataset", ""], required, self.layout
         )
         train: list[ImageRecord] = []
@@ -116,7 +110,7 @@ class CUHK02(ReIDDataset):
             for c, cam in enumerate(("cam1", "cam2"), start=1):
                 camid = 2 * (k - 1) + (c - 1) if cameras == "per_pair" else c - 1
                 folder = self.dataset_dir / pair / cam
-                records = _scan_folder(name, folder, (".png",), _parser(name, k, camid), _EXAMPLE)
+                records = scan_folder(name, folder, (".png",), _parser(name, k, camid), _EXAMPLE)
                 if pair != test_pair or use == "all":
                     train += records
                 else:

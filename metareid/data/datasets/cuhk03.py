@@ -8,14 +8,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from metareid._validation import check_choice
+from metareid.data.datasets._folders import resolve_dataset_dir
 from metareid.data.datasets._market_layout import MarketLayoutDataset
-from metareid.data.datasets.base import (
-    ImageRecord,
-    OnBadImage,
-    ReIDDataset,
-    Use,
-    _resolve_dataset_dir,
-)
+from metareid.data.datasets.base import ImageRecord, OnBadImage, ReIDDataset, Use
 
 __all__ = ["CUHK03", "CUHK03NP"]
 
@@ -182,7 +177,7 @@ class CUHK03(ReIDDataset):
     ) -> None:
         self.root = Path(root)
         self.split_id = split_id
-        self.dataset_dir = _resolve_dataset_dir(
+        self.dataset_dir = resolve_dataset_dir(
             type(self).__name__,
             self.root,
             ["cuhk03_release", ""],

@@ -8,13 +8,8 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from metareid._validation import check_choice
-from metareid.data.datasets.base import (
-    OnBadImage,
-    ReIDDataset,
-    Use,
-    _layout_error,
-    _scan_folder,
-)
+from metareid.data.datasets._folders import layout_error, scan_folder
+from metareid.data.datasets.base import OnBadImage, ReIDDataset, Use
 
 __all__ = ["CUHKSYSU"]
 
@@ -102,7 +97,7 @@ class CUHKSYSU(ReIDDataset):
         }
         found = [f for f in folders[layout] if f.is_dir()]
         if not found:
-            err = _layout_error(name, folders[layout][0], self.root, self.layout)
+            err = layout_error(name, folders[layout][0], self.root, self.layout)
             other = "market" if layout == "cropped_images" else "cropped_images"
             there = [f for f in folders[other] if f.is_dir()]
             if there:
@@ -112,7 +107,7 @@ class CUHKSYSU(ReIDDataset):
                 )
             raise err
         self.dataset_dir = found[0]
-        records = _scan_folder(name, self.dataset_dir, (".jpg", ".png"), _parse, _EXAMPLE)
+        records = scan_folder(name, self.dataset_dir, (".jpg", ".png"), _parse, _EXAMPLE)
         if camera == "dummy":
             records = [replace(r, camid=0) for r in records]
         else:  # scenes (or Market cameras) numbered 0..S-1 in increasing order

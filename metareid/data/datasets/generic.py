@@ -7,14 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from metareid.data.datasets.base import (
-    ImageRecord,
-    OnBadImage,
-    ReIDDataset,
-    Use,
-    _layout_error,
-    _scan_folder,
-)
+from metareid.data.datasets._folders import layout_error, scan_folder
+from metareid.data.datasets.base import ImageRecord, OnBadImage, ReIDDataset, Use
 
 __all__ = ["MARKET_NAME_PATTERN", "GenericDataset"]
 
@@ -99,7 +93,7 @@ class GenericDataset(ReIDDataset):
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise _layout_error(type(self).__name__, self.root, self.root, self.layout)
+            raise layout_error(type(self).__name__, self.root, self.root, self.layout)
         regex = re.compile(pattern)
         if regex.groups < 2:
             raise ValueError(
@@ -136,10 +130,10 @@ class GenericDataset(ReIDDataset):
             return []
         path = self.root / spec
         if not path.exists():
-            raise _layout_error(type(self).__name__, path, self.root, self.layout)
+            raise layout_error(type(self).__name__, path, self.root, self.layout)
         if path.is_dir():
             example = "0002_c1s1_000451_03.jpg"
-            return _scan_folder(
+            return scan_folder(
                 type(self).__name__, path, self.extensions, self._parse_name, example
             )
         return self._read_list(path)

@@ -8,15 +8,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from metareid.data.datasets._folders import name_parser, resolve_dataset_dir, scan_folder
 from metareid.data.datasets._splits import check_split_id
-from metareid.data.datasets.base import (
-    OnBadImage,
-    ReIDDataset,
-    Use,
-    _name_parser,
-    _resolve_dataset_dir,
-    _scan_folder,
-)
+from metareid.data.datasets.base import OnBadImage, ReIDDataset, Use
 
 __all__ = ["GRID"]
 
@@ -107,12 +101,12 @@ class GRID(ReIDDataset):
         name = type(self).__name__
         self.split_id = check_split_id(name, split_id, self.num_splits)
         self.root = Path(root)
-        self.dataset_dir = _resolve_dataset_dir(
+        self.dataset_dir = resolve_dataset_dir(
             name, self.root, ["underground_reid", ""], ["probe", "gallery", _MAT], self.layout
         )
-        parse = _name_parser(name, _NAME, _EXAMPLE, 8)
+        parse = name_parser(name, _NAME, _EXAMPLE, 8)
         probe, gallery_all = (
-            _scan_folder(name, self.dataset_dir / folder, (".jpeg", ".jpg"), parse, _EXAMPLE)
+            scan_folder(name, self.dataset_dir / folder, (".jpeg", ".jpg"), parse, _EXAMPLE)
             for folder in ("probe", "gallery")
         )
         mat_path = self.dataset_dir / _MAT

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from metareid.data.datasets._folders import resolve_dataset_dir, scan_folder
 from metareid.data.datasets._splits import (
     NUM_SPLITS,
     DrawSplit,
@@ -19,14 +20,7 @@ from metareid.data.datasets._splits import (
     select_split,
     split_mismatch,
 )
-from metareid.data.datasets.base import (
-    ImageRecord,
-    OnBadImage,
-    ReIDDataset,
-    Use,
-    _resolve_dataset_dir,
-    _scan_folder,
-)
+from metareid.data.datasets.base import ImageRecord, OnBadImage, ReIDDataset, Use
 
 __all__ = ["ILIDS"]
 
@@ -103,11 +97,11 @@ class ILIDS(ReIDDataset):
         name = type(self).__name__
         self.split_id = check_split_id(name, split_id, NUM_SPLITS)
         self.root = Path(root)
-        self.dataset_dir = _resolve_dataset_dir(
+        self.dataset_dir = resolve_dataset_dir(
             name, self.root, ["i-LIDS_Pedestrian", ""], ["Persons"], self.layout
         )
         folder = self.dataset_dir / "Persons"
-        records = _scan_folder(name, folder, (".jpg",), _parse(name), _EXAMPLE)
+        records = scan_folder(name, folder, (".jpg",), _parse(name), _EXAMPLE)
         by_id: dict[int, list[ImageRecord]] = defaultdict(list)
         for r in records:
             by_id[r.pid].append(r)

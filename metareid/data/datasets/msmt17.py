@@ -8,16 +8,13 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from metareid._validation import check_choice
-from metareid.data.datasets.base import (
-    ImageRecord,
-    OnBadImage,
-    ReIDDataset,
-    Use,
-    _layout_error,
-    _name_parser,
-    _resolve_dataset_dir,
-    _scan_folder,
+from metareid.data.datasets._folders import (
+    layout_error,
+    name_parser,
+    resolve_dataset_dir,
+    scan_folder,
 )
+from metareid.data.datasets.base import ImageRecord, OnBadImage, ReIDDataset, Use
 
 __all__ = ["MSMT17"]
 
@@ -151,7 +148,7 @@ class MSMT17(ReIDDataset):
         if self.merge_val:
             lists.insert(1, "list_val.txt")
         try:
-            self.dataset_dir = _resolve_dataset_dir(
+            self.dataset_dir = resolve_dataset_dir(
                 type(self).__name__,
                 self.root,
                 [folder, ""],
@@ -174,7 +171,7 @@ class MSMT17(ReIDDataset):
     def _read_market_style(self) -> tuple[list[ImageRecord], ...]:
         name = type(self).__name__
         try:
-            self.dataset_dir = _resolve_dataset_dir(
+            self.dataset_dir = resolve_dataset_dir(
                 name,
                 self.root,
                 ["MSMT17", _VERSIONS[self.version][0], ""],
@@ -187,9 +184,9 @@ class MSMT17(ReIDDataset):
                 raise FileNotFoundError(f"{err}\n{hint}") from err
             raise
         example = "0000_c1_0001.jpg"
-        parse = _name_parser(name, _MARKET_NAME, example, _NUM_CAMERAS)
+        parse = name_parser(name, _MARKET_NAME, example, _NUM_CAMERAS)
         train, query, gallery = (
-            _scan_folder(name, self.dataset_dir / split, (".jpg",), parse, example)
+            scan_folder(name, self.dataset_dir / split, (".jpg",), parse, example)
             for split in _MARKET_SPLITS
         )
         return train, query, gallery
@@ -239,6 +236,6 @@ class MSMT17(ReIDDataset):
                 )
             path = image_dir / relpath
             if not records and not path.is_file():
-                raise _layout_error(type(self).__name__, path, self.root, self.layout)
+                raise layout_error(type(self).__name__, path, self.root, self.layout)
             records.append(ImageRecord(str(path), pid, camera - 1, domain=0, orig_pid=pid))
         return records

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
+from metareid.data.datasets._folders import resolve_dataset_dir, scan_folder
 from metareid.data.datasets._splits import (
     NUM_SPLITS,
     check_split_id,
@@ -14,13 +15,7 @@ from metareid.data.datasets._splits import (
     select_split,
     split_mismatch,
 )
-from metareid.data.datasets.base import (
-    OnBadImage,
-    ReIDDataset,
-    Use,
-    _resolve_dataset_dir,
-    _scan_folder,
-)
+from metareid.data.datasets.base import OnBadImage, ReIDDataset, Use
 
 __all__ = ["PRID"]
 
@@ -111,7 +106,7 @@ class PRID(ReIDDataset):
         if isinstance(num_paired, bool) or not isinstance(num_paired, int) or num_paired < 2:
             raise ValueError(f"num_paired must be an int >= 2, got {num_paired!r}")
         self.root = Path(root)
-        self.dataset_dir = _resolve_dataset_dir(
+        self.dataset_dir = resolve_dataset_dir(
             name,
             self.root,
             ["prid_2011/single_shot", "single_shot", ""],
@@ -119,7 +114,7 @@ class PRID(ReIDDataset):
             self.layout,
         )
         cams = [
-            _scan_folder(name, self.dataset_dir / cam, (".png",), _parser(name, camid), _EXAMPLE)
+            scan_folder(name, self.dataset_dir / cam, (".png",), _parser(name, camid), _EXAMPLE)
             for camid, cam in enumerate(("cam_a", "cam_b"))
         ]
         paired = list(range(1, num_paired + 1))

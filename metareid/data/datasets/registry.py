@@ -17,10 +17,16 @@ from metareid.data.datasets.ilids import ILIDS
 from metareid.data.datasets.market1501 import Market1501
 from metareid.data.datasets.msmt17 import MSMT17
 from metareid.data.datasets.prid import PRID
-from metareid.data.datasets.synthetic import SyntheticReID
+from metareid.data.datasets.synthetic_benchmark import SyntheticReID
 from metareid.data.datasets.viper import VIPeR
 
-__all__ = ["DatasetFactory", "build_dataset", "list_datasets", "register_dataset"]
+__all__ = [
+    "DatasetFactory",
+    "build_dataset",
+    "dataset_factory",
+    "list_datasets",
+    "register_dataset",
+]
 
 DatasetFactory = Callable[..., ReIDDataset]
 """Anything called as ``factory(root, **kwargs)`` that returns a :class:`ReIDDataset`."""
@@ -114,9 +120,25 @@ def build_dataset(name: str, root: str | Path, **kwargs: Any) -> ReIDDataset:
         >>> type(ds).__name__, ds.num_train_pids
         ('DukeMTMCreID', 1)
     """
+    return dataset_factory(name)(root, **kwargs)
+
+
+def dataset_factory(name: str) -> DatasetFactory:
+    """The factory registered under ``name`` (a dataset class, usually), not called.
+
+    Lets callers read a factory's class attributes (``folder_names``, ``num_splits``) or
+    check its keyword arguments before building anything.
+
+    Raises:
+        ValueError: ``name`` is not registered; the message lists the registered names.
+
+    Example:
+        >>> dataset_factory("prid").num_splits
+        10
+    """
     if name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; registered datasets: {list_datasets()}")
-    return _REGISTRY[name](root, **kwargs)
+    return _REGISTRY[name]
 
 
 def list_datasets() -> list[str]:

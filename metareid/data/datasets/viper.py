@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from metareid._validation import check_choice
+from metareid.data.datasets._folders import resolve_dataset_dir, scan_folder
 from metareid.data.datasets._splits import (
     NUM_SPLITS,
     check_split_id,
@@ -15,13 +16,7 @@ from metareid.data.datasets._splits import (
     select_split,
     split_mismatch,
 )
-from metareid.data.datasets.base import (
-    OnBadImage,
-    ReIDDataset,
-    Use,
-    _resolve_dataset_dir,
-    _scan_folder,
-)
+from metareid.data.datasets.base import OnBadImage, ReIDDataset, Use
 
 __all__ = ["VIPeR"]
 
@@ -101,11 +96,11 @@ class VIPeR(ReIDDataset):
         self.split_id = check_split_id(name, split_id, NUM_SPLITS)
         self.query_camera = check_choice("query_camera", query_camera, ("a", "b"))
         self.root = Path(root)
-        self.dataset_dir = _resolve_dataset_dir(
+        self.dataset_dir = resolve_dataset_dir(
             name, self.root, ["VIPeR", ""], ["cam_a", "cam_b"], self.layout
         )
         cam_a, cam_b = (
-            _scan_folder(name, self.dataset_dir / cam, (".bmp",), _parser(name, camid), _EXAMPLE)
+            scan_folder(name, self.dataset_dir / cam, (".bmp",), _parser(name, camid), _EXAMPLE)
             for camid, cam in enumerate(("cam_a", "cam_b"))
         )
         ids_a, ids_b = {r.pid for r in cam_a}, {r.pid for r in cam_b}

@@ -2,12 +2,14 @@
 # The GPU checks of metareid in one short script, for a machine with CUDA devices.
 #
 # It runs what the CPU machines cannot: the `gpu` tests, the ResNet-50 meta-step timing
-# (256 x 128, P = 16, K = 4), a CUDA training smoke in fp32, bf16 and fp16 (the GradScaler
-# path), the example's smoke run on CUDA, and the 1..N GPU (NCCL) rows of
-# benchmarks/distributed_step.py. Every step writes its full log to $OUT/<step>.log and
-# prints its exit code and the last lines; a failing step does not stop the others, and
-# the script exits non-zero if any failed. About 8 minutes on one H200 (most of it the
-# timings); nothing is downloaded (`--pretrained none`).
+# (256 x 128, P = 16, K = 4), the memory of kept vs recomputed chunks at the paper's
+# batch (ResNet-50 and IBN-Net50-a, benchmarks/chunked_step.py), a CUDA training smoke in
+# fp32, bf16 and fp16 (the GradScaler path), the example's smoke run on CUDA, and the
+# 1..N GPU (NCCL) rows of benchmarks/distributed_step.py. Every step writes its full log
+# to $OUT/<step>.log and prints its exit code and the last lines; a failing step does not
+# stop the others, and the script exits non-zero if any failed. About 8 minutes on one
+# H200 before the chunked-step rows were added (not run since: no GPU was lent); nothing
+# is downloaded (`--pretrained none`).
 #
 # Run from the repository root:  OUT=/tmp/gpu_check bash benchmarks/gpu_check.sh
 # DEVICE=cpu runs the same commands on the CPU with tiny sizes, without fp16 (to check
@@ -48,6 +50,19 @@ fi
 
 step meta_step python benchmarks/meta_step.py --arch "$ARCH" "${SIZE[@]}" --p 16 --k 4 \
     --device "$DEVICE" --steps "$STEPS"
+
+# Peak memory of one step at the paper's batch (3 x 16 x 4 images), whole batch vs N
+# micro-batches, every chunk's graph kept vs recomputed one at a time (--recompute).
+if [ "$DEVICE" = cuda ]; then
+    CHUNK_ARCHS=(resnet50 ibn_resnet50a) CHUNK_SIZE=(--height 256 --width 128 --p 16 --k 4)
+else
+    CHUNK_ARCHS=(resnet10) CHUNK_SIZE=(--height 64 --width 32 --p 4 --k 2)
+fi
+for arch in "${CHUNK_ARCHS[@]}"; do
+    step "chunked_step_$arch" python benchmarks/chunked_step.py --arch "$arch" \
+        "${CHUNK_SIZE[@]}" --chunks 1 2 4 8 --device "$DEVICE" --steps "$STEPS" \
+        --json "$OUT/chunked_step_$arch.json"
+done
 
 DATA="$OUT/synthetic"
 step synthetic python -m metareid synthetic --data-dir "$DATA"

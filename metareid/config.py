@@ -31,9 +31,9 @@ ID_LOSSES = ("memory", "fc_global", "fc_domain", "none")
 #: reading of the text, marked as such in docs/training.md.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
-        "memory_update": "mean",
+        "memory_update_rule": "mean",
         "memory_update_timing": "step",
-        "metabn_scale": "std",
+        "sample_scale": "std",
         "share_lambda": False,
         "inner_optimizer": "adam",
         "inner_state": "fresh",
@@ -49,9 +49,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dataparallel": 1,
     },
     "published": {
-        "memory_update": "sequential",
+        "memory_update_rule": "sequential",
         "memory_update_timing": "after",
-        "metabn_scale": "var",
+        "sample_scale": "var",
         "share_lambda": True,
         "inner_optimizer": "adam",
         "inner_state": "fresh",
@@ -70,7 +70,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 #: Keys of earlier versions and how they map to today's (see :meth:`TrainConfig.from_dict`).
-RENAMED_KEYS = {"first_order": ("meta_test_grad", {True: "first_order", False: "full"})}
+RENAMED_KEYS: dict[str, tuple[str, dict[Any, str]]] = {
+    "first_order": ("meta_test_grad", {True: "first_order", False: "full"}),
+    "memory_update": ("memory_update_rule", {"mean": "mean", "sequential": "sequential"}),
+    "metabn_scale": ("sample_scale", {"std": "std", "var": "var"}),
+}
 
 
 @dataclass
@@ -83,8 +87,8 @@ class TrainConfig:
     triplet only, both; Table 5: ``"fc_global"``/``"fc_domain"`` classifiers instead of the
     memory), ``sources`` (Table 6). Every place where the authors' published code differs
     from the paper is a switch (the keys of :data:`PRESETS`, each with its source line in
-    docs/training.md, "Presets"): the memory update (``memory_update``,
-    ``memory_update_timing``), MetaBN (``metabn_scale``, ``share_lambda``), the inner step
+    docs/training.md, "Presets"): the memory update (``memory_update_rule``,
+    ``memory_update_timing``), MetaBN (``sample_scale``, ``share_lambda``), the inner step
     (``inner_optimizer``, ``inner_state``, ``inner_eps_root``), the meta-gradient
     (``meta_test_grad``) and the meta-test's BatchNorm statistics
     (``meta_test_bn_stats``), the model (``stem_relu``, ``load_running_stats``,
@@ -108,6 +112,9 @@ class TrainConfig:
     statistics, exactly as N ``torchrun`` ranks compute them (docs/distributed.md);
     ``1`` (default) is the whole-batch computation. N must divide ``num_identities``.
     Under ``torchrun`` with W processes it is per process: W x N chunks in all.
+    ``recompute=True`` keeps one chunk's graph alive at a time (gradient caching with a
+    recomputed forward per chunk, :meth:`~metareid.engine.BatchSplit.value_and_grad`):
+    the same gradients in less memory, for more time (docs/training.md, "Memory").
     ``dataparallel=N`` instead computes in one process what ``nn.DataParallel`` over N
     GPUs computes (:class:`~metareid.engine.DataParallelSplit`), as the published code ran.
 
@@ -185,9 +192,9 @@ class TrainConfig:
     margin: float = 0.3
     temperature: float = 0.05
     memory_momentum: float = 0.2
-    memory_update: Literal["mean", "sequential"] = "mean"
+    memory_update_rule: Literal["mean", "sequential"] = "mean"
     memory_update_timing: Literal["step", "after"] = "step"
-    metabn_scale: Literal["std", "var"] = "std"
+    sample_scale: Literal["std", "var"] = "std"
     share_lambda: bool = True
     inner_optimizer: Literal["adam", "sgd"] = "adam"
     inner_state: Literal["fresh", "continue"] = "fresh"
@@ -256,6 +263,23 @@ class TrainConfig:
             "under torchrun, per process"
         },
     )
+    recompute: bool = field(
+        default=False,
+        metadata={
+            "help": "compute the gradients one chunk (micro-batch or DataParallel chunk) at "
+            "a time, recomputing its forward, so that one chunk's graph is alive at once: "
+            "the same numbers as without, in less memory (one process only for now)"
+        },
+    )
+    checkpoint_activations: bool = field(
+        default=False,
+        metadata={
+            "help": "activation checkpointing of the backbone's residual stages: recompute "
+            "their activations in the backward instead of keeping them (the same gradients, "
+            "second order included; BN running statistics move once) for less memory and "
+            "more time"
+        },
+    )
     check_ranks: bool = field(
         default=False,
         metadata={
@@ -283,6 +307,8 @@ class TrainConfig:
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
             value = getattr(self, f.name)
+            if hints[f.name] is bool and not isinstance(value, bool):
+                raise ValueError(f"{f.name} must be a bool, got {value!r}")
             choices = _literal_choices(hints[f.name])
             if choices and value not in choices:
                 raise ValueError(
@@ -374,9 +400,9 @@ class TrainConfig:
         not give.
 
         Example:
-            >>> cfg = TrainConfig.from_dict({"preset": "published", "metabn_scale": "std"})
-            >>> cfg.memory_update, cfg.metabn_scale, preset_deviations(cfg)
-            ('sequential', 'std', {'metabn_scale': ('var', 'std')})
+            >>> cfg = TrainConfig.from_dict({"preset": "published", "sample_scale": "std"})
+            >>> cfg.memory_update_rule, cfg.sample_scale, preset_deviations(cfg)
+            ('sequential', 'std', {'sample_scale': ('var', 'std')})
         """
         data = _migrate(data)
         known = {f.name for f in fields(cls)}

@@ -141,7 +141,7 @@ def build_split(cfg: TrainConfig, ranks: RankGroup | None = None) -> BatchSplit:
 
     Example:
         >>> build_split(TrainConfig(dataparallel=3))
-        DataParallelSplit(num_devices=3)
+        DataParallelSplit(num_devices=3, recompute=False)
     """
     if cfg.dataparallel > 1:
         if ranks is not None:
@@ -149,8 +149,8 @@ def build_split(cfg: TrainConfig, ranks: RankGroup | None = None) -> BatchSplit:
                 f"dataparallel={cfg.dataparallel} computes nn.DataParallel in one process; it "
                 f"cannot be combined with ranks ({ranks!r}): use micro_batches or torchrun"
             )
-        return DataParallelSplit(cfg.dataparallel)
-    return IdentitySplit(ranks, local_batches=ranks is not None)
+        return DataParallelSplit(cfg.dataparallel, recompute=cfg.recompute)
+    return IdentitySplit(ranks, local_batches=ranks is not None, recompute=cfg.recompute)
 
 
 def optimizer_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -227,10 +227,10 @@ def build_components(
         >>> parts = build_components(cfg, model, srcs, feat_dim=model.feat_dim,
         ...                          device=torch.device("cpu"))
         >>> len(parts.memories), parts.learner is not None, parts.split
-        (2, True, IdentitySplit(ranks=None, local_batches=False))
+        (2, True, IdentitySplit(ranks=None, local_batches=False, recompute=False))
     """
     memories = nn.ModuleList(
-        MemoryBank(n, feat_dim, momentum=cfg.memory_momentum, update=cfg.memory_update)
+        MemoryBank(n, feat_dim, momentum=cfg.memory_momentum, update_rule=cfg.memory_update_rule)
         for n in (sources.num_classes_per_domain if cfg.id_loss == "memory" else ())
     ).to(device)
     objective = M3LObjective(

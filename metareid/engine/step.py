@@ -17,13 +17,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from metareid.engine.chunks import Autocast, BatchSplit, IdentitySplit
+from metareid.engine.chunks import Autocast, BatchSplit, IdentitySplit, RecomputedBatch
 from metareid.engine.objective import M3LObjective
 from metareid.meta.learner import MetaLearner, MetaStepResult
 from metareid.meta.phase import Phase
@@ -163,7 +164,8 @@ class M3LStep:
             if learner is None:
                 out, written = self._plain_step(model, batches, optimizer, grad_scaler)
             else:
-                res = learner.step(list(batches), self.loss_fn, meta_test=meta_test)
+                loss_fn = _Recomputed(self, model) if self.split.recompute else self.loss_fn
+                res = learner.step(list(batches), loss_fn, meta_test=meta_test)
                 out = _summary(res)
                 written = [*zip(res.meta_train_domains, res.meta_train_aux, strict=True)]
                 written.append((res.meta_test_domain, res.meta_test_aux))
@@ -181,9 +183,11 @@ class M3LStep:
         grad_scaler: torch.amp.GradScaler | None,
     ) -> tuple[dict[str, float], Written]:
         optimizer.zero_grad(set_to_none=True)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if self.split.recompute:
+            return self._plain_step_recomputed(model, batches, optimizer, grad_scaler, params)
         outputs = [self.loss_fn(model, b, d, Phase.NORMAL) for d, b in enumerate(batches)]
         loss = torch.stack([o[0] for o in outputs]).mean()
-        params = [p for g in optimizer.param_groups for p in g["params"]]
         if grad_scaler is not None:
             grad_scaler.scale(loss).backward()
             self.split.reduce_grads_(params)
@@ -194,6 +198,46 @@ class M3LStep:
             self.split.reduce_grads_(params)
             optimizer.step()
         return {"loss": float(loss.detach())}, [(d, o[1]) for d, o in enumerate(outputs)]
+
+    def _plain_step_recomputed(
+        self,
+        model: nn.Module,
+        batches: Sequence[Mapping[str, Any]],
+        optimizer: torch.optim.Optimizer,
+        grad_scaler: torch.amp.GradScaler | None,
+        params: list[Tensor],
+    ) -> tuple[dict[str, float], Written]:
+        """The plain step with every chunk's graph built and freed in turn."""
+        scale = 1.0
+        if grad_scaler is not None and grad_scaler.is_enabled():
+            scale = float(grad_scaler.get_scale())
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        losses: list[Tensor] = []
+        written: Written = []
+        for d, batch in enumerate(batches):
+            loss, grads, out, _ = self.split.value_and_grad(
+                model,
+                batch,
+                Phase.NORMAL,
+                functools.partial(self.objective.loss, domain=d),
+                trainable,
+                loss_weight=scale / len(batches),
+                generators=self._generators,
+                autocast=self.autocast,
+            )
+            losses.append(loss)
+            written.append((d, {"features": out.features, "pid": out.pids}))
+            with torch.no_grad():
+                for p, g in zip(trainable, grads, strict=True):
+                    if g is not None:
+                        p.grad = g.clone() if p.grad is None else p.grad.add_(g)
+        # (value_and_grad's gradients are summed over processes already)
+        if grad_scaler is not None:
+            grad_scaler.step(optimizer)
+            grad_scaler.update()
+        else:
+            optimizer.step()
+        return {"loss": float(torch.stack(losses).mean())}, written
 
     def update_memories(
         self,
@@ -220,6 +264,41 @@ class M3LStep:
         for d, aux in written:
             if aux is not None:
                 memories[d].update(aux["features"], aux["pid"])
+
+
+class _Recomputed:
+    """The :class:`~metareid.meta.learner.RecomputedLoss` of a step whose split recomputes."""
+
+    def __init__(self, step: M3LStep, model: nn.Module) -> None:
+        self.step = step
+        self.model = model
+
+    def value_and_grad(
+        self,
+        batch: Mapping[str, Any],
+        domain: int,
+        phase: Phase,
+        params: Sequence[Tensor],
+        weights: dict[str, Tensor] | None,
+        loss_weight: float,
+    ) -> tuple[Tensor, list[Tensor | None], dict[str, Tensor] | None, RecomputedBatch]:
+        step = self.step
+        loss, grads, out, state = step.split.value_and_grad(
+            self.model,
+            batch,
+            phase,
+            lambda o: step.objective.loss(o, domain),
+            params,
+            weights=weights,
+            loss_weight=loss_weight,
+            generators=step._generators,
+            autocast=step.autocast,
+        )
+        aux = None if out.mixed else {"features": out.features, "pid": out.pids}
+        return loss, grads, aux, state
+
+    def hvp(self, state: RecomputedBatch, vector: Sequence[Tensor | None]) -> list[Tensor | None]:
+        return self.step.split.hvp(state, vector)
 
 
 def _summary(res: MetaStepResult) -> dict[str, float]:

@@ -77,6 +77,7 @@ _RESUMABLE_CHANGES = {
     "device",
     "eval_batch_size",
     "micro_batches",
+    "recompute",
     "check_ranks",
 }
 

@@ -87,10 +87,27 @@ def func_inner_step(
     if first_order:
         used = [None if g is None else g.detach() for g in used]
     base = [p.detach() for p in params] if mode != "full" else params
+    fast = inner_update(base, used, inner, optimizer)
+    if first_order:  # unchanged entries are the original parameters, not detached copies
+        fast = [p if f is b else f for f, b, p in zip(fast, base, params, strict=True)]
+    return grads, fast
+
+
+def inner_update(
+    base: Sequence[Tensor],
+    grads: Sequence[Tensor | None],
+    inner: list[InnerParam],
+    optimizer: str,
+) -> list[Tensor]:
+    """``Theta'``: one ``optimizer`` step (``"adam"`` or ``"sgd"``) from ``base`` with ``grads``.
+
+    Differentiable in ``base`` and ``grads`` wherever they carry a graph. Entries without a
+    gradient (or not in ``inner``) are ``base``'s own tensors.
+    """
     fast = list(base)
-    sel = [ip for ip in inner if used[ip.index] is not None]
+    sel = [ip for ip in inner if grads[ip.index] is not None]
     ps = [base[ip.index] for ip in sel]
-    gs = [cast(Tensor, used[ip.index]) for ip in sel]
+    gs = [cast(Tensor, grads[ip.index]) for ip in sel]
     if optimizer == "sgd":
         new = sgd_step(
             ps, gs, lr=[ip.lr for ip in sel], weight_decay=[ip.weight_decay for ip in sel]
@@ -115,9 +132,7 @@ def func_inner_step(
                 new[k] = t
     for ip, t in zip(sel, new, strict=True):
         fast[ip.index] = t
-    if first_order:  # unchanged entries are the original parameters, not detached copies
-        fast = [p if f is b else f for f, b, p in zip(fast, base, params, strict=True)]
-    return grads, fast
+    return fast
 
 
 class _LossCall(nn.Module):

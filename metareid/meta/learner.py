@@ -7,7 +7,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,7 @@ __all__ = [
     "MetaStepResult",
     "OuterGradTransform",
     "Phase",
+    "RecomputedLoss",
 ]
 
 GradTransform = Callable[[list[Tensor | None]], Sequence[Tensor | None]]
@@ -38,6 +39,39 @@ LossFn = Callable[[nn.Module, Any, int, Phase], "Tensor | tuple[Tensor, Any]"]
 ``loss`` is a scalar Tensor; ``aux`` is anything (tensors, dicts, lists or tuples of them)
 that the caller wants back in :class:`MetaStepResult`, detached.
 """
+
+
+@runtime_checkable
+class RecomputedLoss(Protocol):
+    """A loss that gives its gradient and Hessian-vector products instead of a graph.
+
+    :meth:`MetaLearner.step` accepts one in place of ``loss_fn`` and then never holds a
+    graph across calls: it builds the meta-gradient from gradients and one Hessian-vector
+    product per meta-train domain (docs/meta_learner.md, "Recomputed chunks").
+    :class:`metareid.engine.M3LStep` passes one for a split with ``recompute=True``, whose
+    chunks are recomputed one at a time.
+    """
+
+    def value_and_grad(
+        self,
+        batch: Any,
+        domain: int,
+        phase: Phase,
+        params: Sequence[Tensor],
+        weights: dict[str, Tensor] | None,
+        loss_weight: float,
+    ) -> tuple[Tensor, list[Tensor | None], Any, Any]:
+        """``(loss, grad of loss_weight * loss in params, aux, state for hvp)``.
+
+        ``weights`` (``{name: tensor}``) replaces those parameters of the model in the
+        forward, and ``params`` are then its values; ``None``: the model as it is.
+        """
+        ...
+
+    def hvp(self, state: Any, vector: Sequence[Tensor | None]) -> list[Tensor | None]:
+        """The Hessian of ``loss_weight * loss`` in ``params`` times ``vector``."""
+        ...
+
 
 _INNER_OPTIMIZERS = ("adam", "sgd")
 _INNER_STATES = ("fresh", "continue")
@@ -352,7 +386,10 @@ class MetaLearner:
 
     # ------------------------------------------------------------------ public API
     def step(
-        self, batches: Sequence[Any], loss_fn: LossFn, meta_test: int | None = None
+        self,
+        batches: Sequence[Any],
+        loss_fn: LossFn | RecomputedLoss,
+        meta_test: int | None = None,
     ) -> MetaStepResult:
         """One full meta-iteration: ``zero_grad``, :meth:`meta_backward`, ``optimizer.step``.
 
@@ -388,7 +425,10 @@ class MetaLearner:
         return result
 
     def meta_backward(
-        self, batches: Sequence[Any], loss_fn: LossFn, meta_test: int | None = None
+        self,
+        batches: Sequence[Any],
+        loss_fn: LossFn | RecomputedLoss,
+        meta_test: int | None = None,
     ) -> MetaStepResult:
         """Accumulate the meta-gradient into ``.grad`` without an optimiser step.
 
@@ -415,8 +455,10 @@ class MetaLearner:
             torch.Size([1, 2])
         """
         self._check_batches(batches, meta_test)
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        if not callable(loss_fn) and not isinstance(loss_fn, RecomputedLoss):
+            raise TypeError(
+                f"loss_fn must be callable or a RecomputedLoss, got {type(loss_fn).__name__}"
+            )
         num_domains = len(batches)
         if meta_test is None:
             meta_test = int(torch.randint(num_domains, (1,), generator=self.generator).item())
@@ -431,8 +473,18 @@ class MetaLearner:
             if self.meta_test_grad != "first_order"
             else contextlib.nullcontext()
         )
+        recomputed = isinstance(loss_fn, RecomputedLoss)
+        if recomputed and self.grad_transform is not None:
+            raise ValueError(
+                "grad_transform is not supported with a RecomputedLoss yet (recomputed "
+                "chunks run in one process)"
+            )
         try:
             with attention:
+                if isinstance(loss_fn, RecomputedLoss):
+                    return self._meta_backward_recomputed(
+                        batches, loss_fn, meta_test, train_domains
+                    )
                 return self._meta_backward(batches, loss_fn, meta_test, train_domains)
         except BaseException as err:
             with torch.no_grad():
@@ -564,6 +616,133 @@ class MetaLearner:
             meta_test_grad_norm=math.sqrt(test_sq),
         )
 
+    def _meta_backward_recomputed(
+        self,
+        batches: Sequence[Any],
+        loss: RecomputedLoss,
+        meta_test: int,
+        train_domains: tuple[int, ...],
+    ) -> MetaStepResult:
+        """The meta step from gradients and Hessian-vector products, no graph kept.
+
+        With ``g = grad L_mtr(Theta)``, ``Theta' = U(Theta, g)`` the inner step and
+        ``v = grad L_mte(Theta')``, the chain rule gives
+        ``d/dTheta L_mte(Theta') = (dU/dTheta)^T v + H_mtr (dU/dg)^T v``: the two
+        vector-Jacobian products of the (elementwise) inner step are taken by autograd on
+        ``U`` alone, and ``H_mtr a`` comes from ``loss.hvp``. ``"second_order_only"``
+        drops the first term (``U`` starts from ``sg(Theta)``), ``"first_order"`` keeps
+        ``v`` alone.
+        """
+        model = self.model
+        _refuse_aliases(model)
+        for module in model.modules():
+            if isinstance(module, MetaBN):
+                module.clear_stats()
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        params: list[Tensor] = [p for _, p in named]
+        if not params:
+            raise ValueError("model has no parameter with requires_grad=True")
+        inner = self._inner_params(params)
+        scale = self._loss_scale(params[0])
+        share = scale / len(train_domains)
+
+        train_losses: list[Tensor] = []
+        train_aux: list[Any] = []
+        states: list[Any] = []
+        raw: list[Tensor | None] = [None] * len(params)
+        with metabn_phase(model, Phase.META_TRAIN):
+            for d in train_domains:
+                value, grads, aux, state = loss.value_and_grad(
+                    batches[d], d, Phase.META_TRAIN, params, None, share
+                )
+                train_losses.append(_check_loss(value, d, Phase.META_TRAIN, graph=False))
+                train_aux.append(_detach_tree(aux))
+                states.append(state)
+                raw = _summed(raw, grads)
+        loss_mtr = torch.stack(train_losses).mean()
+
+        # Theta' = U(Theta, g) with the true (unscaled) meta-train gradient; no graph yet.
+        used = [None if g is None else g.detach() if scale == 1.0 else g / scale for g in raw]
+        with torch.no_grad():
+            fast = _backends.inner_update(
+                [p.detach() for p in params], used, inner, self.inner_optimizer
+            )
+        weights = {n: f.requires_grad_() for (n, _), f in zip(named, fast, strict=True)}
+
+        buffers = [b.detach().clone() for b in model.buffers()]
+        with metabn_phase(model, Phase.META_TEST):
+            value, v, test_aux, _ = loss.value_and_grad(
+                batches[meta_test], meta_test, Phase.META_TEST, fast, weights, scale
+            )
+        loss_mte = _check_loss(value, meta_test, Phase.META_TEST, graph=False)
+        if self.meta_test_bn_stats == "frozen":
+            with torch.no_grad():
+                for b, saved in zip(model.buffers(), buffers, strict=True):
+                    b.copy_(saved)
+        del weights, fast, buffers
+
+        test_grads: list[Tensor | None] = list(v)
+        if self.meta_test_grad != "first_order" and any(t is not None for t in v):
+            # The inner step again, with its (elementwise, cheap) graph, for its two
+            # vector-Jacobian products with v.
+            with torch.enable_grad():
+                base = [p.detach().requires_grad_(self.meta_test_grad == "full") for p in params]
+                leaves = [None if u is None else u.detach().requires_grad_() for u in used]
+                stepped = _backends.inner_update(base, leaves, inner, self.inner_optimizer)
+                pairs = [
+                    (f, t)
+                    for f, t in zip(stepped, v, strict=True)
+                    if t is not None and f.requires_grad
+                ]
+                inputs = [t for t in (*base, *leaves) if t is not None and t.requires_grad]
+                vjp = (
+                    torch.autograd.grad(
+                        [f for f, _ in pairs], inputs, [t for _, t in pairs], allow_unused=True
+                    )
+                    if pairs
+                    else [None] * len(inputs)
+                )
+            found = dict(zip((id(t) for t in inputs), vjp, strict=True))
+            direct = [found.get(id(b)) for b in base]
+            a = [None if u is None else found.get(id(u)) for u in leaves]
+            del stepped, pairs, inputs, vjp, found, base, leaves, v
+            if scale != 1.0:
+                a = [None if x is None else x / scale for x in a]
+            curvature: list[Tensor | None] = [None] * len(params)
+            for state in states:
+                curvature = _summed(curvature, loss.hvp(state, a))
+            test_grads = [
+                None if d is None and h is None else (d if h is None else h if d is None else d + h)
+                for d, h in zip(direct, curvature, strict=True)
+            ]
+            del direct, curvature, a
+        del states
+
+        squares: list[list[Tensor]] = [[], []]
+        with torch.no_grad():
+            for p, t, g in zip(params, test_grads, raw, strict=True):
+                if t is not None:
+                    squares[1].append(t.double().square().sum())
+                    _accumulate(p, t)
+                if g is not None:
+                    squares[0].append(g.double().square().sum())
+                    _accumulate(p, g)
+            train_sq, test_sq = (
+                float(torch.stack(q).sum()) / scale**2 if q else 0.0 for q in squares
+            )
+        if self.outer_grad_transform is not None:
+            self.outer_grad_transform(params)
+        return MetaStepResult(
+            meta_train_loss=float(loss_mtr.detach()),
+            meta_test_loss=float(loss_mte.detach()),
+            meta_test_domain=meta_test,
+            meta_train_domains=train_domains,
+            meta_train_aux=tuple(train_aux),
+            meta_test_aux=_detach_tree(test_aux),
+            meta_train_grad_norm=math.sqrt(train_sq),
+            meta_test_grad_norm=math.sqrt(test_sq),
+        )
+
     def _loss_scale(self, loss: Tensor) -> float:
         """The grad scaler's current scale (1 without one or when it is disabled)."""
         scaler = self.grad_scaler
@@ -663,6 +842,11 @@ def _refuse_aliases(model: nn.Module) -> None:
             )
 
 
+def _summed(acc: list[Tensor | None], part: Sequence[Tensor | None]) -> list[Tensor | None]:
+    """``acc + part`` entry by entry, ``None`` as zero."""
+    return [a if b is None else b if a is None else a + b for a, b in zip(acc, part, strict=True)]
+
+
 def _accumulate(p: Tensor, g: Tensor) -> None:
     """``p.grad += g`` (``p.grad = g`` when there is none yet), as ``Tensor.backward`` does."""
     if p.grad is None:
@@ -711,7 +895,7 @@ def _detach_tree(value: Any) -> Any:
     return value
 
 
-def _check_loss(loss: Any, domain: int, phase: str) -> Tensor:
+def _check_loss(loss: Any, domain: int, phase: str, graph: bool = True) -> Tensor:
     phase = str(phase)
     if not isinstance(loss, Tensor):
         raise TypeError(
@@ -723,7 +907,7 @@ def _check_loss(loss: Any, domain: int, phase: str) -> Tensor:
             f"loss_fn must return a floating-point scalar Tensor; for domain {domain} in "
             f"phase {phase!r} it returned shape {tuple(loss.shape)}, dtype {loss.dtype}"
         )
-    if phase == "meta_train" and not loss.requires_grad:
+    if graph and phase == "meta_train" and not loss.requires_grad:
         raise ValueError(
             f"the loss of domain {domain} in phase 'meta_train' does not require grad: "
             "it must be computed from the model's output without torch.no_grad or detach"

@@ -152,7 +152,9 @@ def main() -> None:
             cmd = [sys.executable, __file__, *sys.argv[1:], "--child", method, str(n), mode]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode:
-                print(f"| {method} | {n} | {mode} | failed: {res.stderr.strip().splitlines()[-1]} |")
+                print(
+                    f"| {method} | {n} | {mode} | failed: {res.stderr.strip().splitlines()[-1]} |"
+                )
                 continue
             out = json.loads(res.stdout.strip().splitlines()[-1])
             if ref is None and n == 1 and mode == "kept":

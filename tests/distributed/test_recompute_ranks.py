@@ -18,7 +18,12 @@ from metareid.engine import IdentitySplit, M3LObjective, M3LStep
 
 pytestmark = pytest.mark.distributed
 
-CASES = [("baseline", "full"), ("m3l", "full"), ("m3l", "first_order"), ("m3l", "second_order_only")]
+CASES = [
+    ("baseline", "full"),
+    ("m3l", "full"),
+    ("m3l", "first_order"),
+    ("m3l", "second_order_only"),
+]
 
 
 def one_step(split, method: str, mode: str) -> tuple[list[torch.Tensor], dict]:

@@ -178,7 +178,10 @@ def test_first_order_of_earlier_versions_is_read_as_meta_test_grad():
 
 @pytest.mark.parametrize(
     ("old", "new", "value"),
-    [("memory_update", "memory_update_rule", "sequential"), ("metabn_scale", "sample_scale", "var")],
+    [
+        ("memory_update", "memory_update_rule", "sequential"),
+        ("metabn_scale", "sample_scale", "var"),
+    ],
 )
 def test_renamed_keys_of_earlier_versions(old, new, value):
     from metareid.config import config_value

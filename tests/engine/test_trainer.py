@@ -20,7 +20,10 @@ SWITCHES = [
     dict(method="m3l", id_loss="fc_domain"),
     dict(method="baseline", id_loss="fc_domain"),
     dict(
-        method="m3l", memory_update_rule="sequential", sample_scale="var", memory_update_timing="after"
+        method="m3l",
+        memory_update_rule="sequential",
+        sample_scale="var",
+        memory_update_timing="after",
     ),
     dict(method="m3l", meta_test_grad="first_order", backend="func", inner_state="continue"),
     dict(method="meta", inner_eps=1e-6),

@@ -114,7 +114,9 @@ def test_seeds_and_preset_reach_the_configs(tmp_path):
         "published",
         3,
     )
-    args, extra = example.parse_args(["--preset", "published", "--", "--memory-update-rule", "mean"])
+    args, extra = example.parse_args(
+        ["--preset", "published", "--", "--memory-update-rule", "mean"]
+    )
     cfg = m3l_config(example, args, extra, tmp_path, seed=0)
     assert cfg.memory_update_rule == "mean" and cfg.sample_scale == "var"
 

@@ -24,7 +24,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from metareid.engine.chunks import Autocast, BatchSplit, IdentitySplit, RecomputedBatch
+from metareid.engine.chunks import (
+    Autocast,
+    BatchOutputs,
+    BatchSplit,
+    IdentitySplit,
+    RecomputedBatch,
+)
 from metareid.engine.objective import M3LObjective
 from metareid.meta.learner import MetaLearner, MetaStepResult
 from metareid.meta.phase import Phase
@@ -111,7 +117,7 @@ class M3LStep:
             model, batch, phase, generators=self._generators, autocast=self.autocast
         )
         loss = self.objective.loss(out, domain)
-        aux = None if out.mixed else {"features": out.features.detach(), "pid": out.pids}
+        aux = _memory_aux(out)
         return loss, aux
 
     # ------------------------------------------------------------------ one iteration
@@ -226,7 +232,7 @@ class M3LStep:
                 autocast=self.autocast,
             )
             losses.append(loss)
-            written.append((d, {"features": out.features, "pid": out.pids}))
+            written.append((d, _memory_aux(out)))
             with torch.no_grad():
                 for p, g in zip(trainable, grads, strict=True):
                     if g is not None:
@@ -294,11 +300,16 @@ class _Recomputed:
             generators=step._generators,
             autocast=step.autocast,
         )
-        aux = None if out.mixed else {"features": out.features, "pid": out.pids}
+        aux = _memory_aux(out)
         return loss, grads, aux, state
 
     def hvp(self, state: RecomputedBatch, vector: Sequence[Tensor | None]) -> list[Tensor | None]:
         return self.step.split.hvp(state, vector)
+
+
+def _memory_aux(out: BatchOutputs) -> dict[str, Tensor] | None:
+    """What a memory may receive from ``out``: its detached features, never MetaBN mixtures."""
+    return None if out.mixed else {"features": out.features.detach(), "pid": out.pids}
 
 
 def _summary(res: MetaStepResult) -> dict[str, float]:

@@ -6,7 +6,7 @@ The library's own step (:class:`metareid.engine.M3LStep` with
 
 * ``baseline``: the plain step on the mean loss over domains;
 * ``m3l``: :class:`metareid.MetaLearner`, exact second order (``meta_test_grad="full"``,
-  ``backend="func"``).
+  ``backend="func"``; ``--meta-test-grad`` for another).
 
 Every row is one setting, measured in a fresh subprocess: ``N`` identity chunks
 (``--micro-batches N``), their graphs all ``kept`` until the backward or ``recomputed``
@@ -52,7 +52,10 @@ def run_child(args: argparse.Namespace, method: str, chunks: int, mode: str) -> 
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = build_model(
-        args.arch, pretrained=False, checkpoint_activations=mode.endswith("+ckpt")
+        args.arch,
+        pretrained=False,
+        checkpoint_activations=mode.endswith("+ckpt"),
+        input_size=(args.height, args.width),
     ).to(device)
     model.train()
     memories = []
@@ -67,7 +70,11 @@ def run_child(args: argparse.Namespace, method: str, chunks: int, mode: str) -> 
     split = IdentitySplit(ranks, recompute=mode.startswith("recomputed"))
     step = M3LStep(M3LObjective(memories, num_domains=args.domains), split)
     opt = torch.optim.Adam(model.parameters(), lr=3.5e-4, weight_decay=5e-4)
-    learner = MetaLearner(model, opt, backend="func") if method == "m3l" else None
+    learner = (
+        MetaLearner(model, opt, backend="func", meta_test_grad=args.meta_test_grad)
+        if method == "m3l"
+        else None
+    )
     gen = torch.Generator().manual_seed(1)
     batches = [
         {
@@ -112,6 +119,9 @@ def main() -> None:
     parser.add_argument("--p", type=int, default=8, help="identities per domain batch")
     parser.add_argument("--k", type=int, default=2, help="images per identity")
     parser.add_argument("--domains", type=int, default=3)
+    parser.add_argument(
+        "--meta-test-grad", default="full", choices=["full", "first_order", "second_order_only"]
+    )
     parser.add_argument("--ids", type=int, default=100, help="identities per domain memory")
     parser.add_argument("--chunks", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--methods", nargs="+", default=["baseline", "m3l"])

@@ -13,7 +13,7 @@ config's target (or ``--target``), reading only the checkpoint and the target da
 ``metareid extract``, ``metareid search`` and ``metareid export`` use a trained model on
 your own images (see ``docs/inference.md``).
 ``metareid datasets --data-dir DIR`` lists the datasets found under DIR with their
-counts per split next to the releases' numbers.
+counts per split next to the releases' numbers; ``--verify`` also decodes every image.
 """
 
 from __future__ import annotations
@@ -70,6 +70,18 @@ def _add_datasets_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
         help="list the datasets under a data directory, their counts and the reference numbers",
     )
     ds.add_argument("--data-dir", required=True, help="the data directory to scan")
+    ds.add_argument(
+        "--verify",
+        action="store_true",
+        help="also decode every image (train, query, gallery) and list the unreadable or "
+        "empty files; exit status 1 if there is any",
+    )
+    ds.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="decoding processes for --verify (default: the number of CPUs)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -286,13 +298,40 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _datasets(args: argparse.Namespace) -> int:
-    """Print the datasets under ``--data-dir`` next to the reference numbers; 1 if any is off."""
-    from metareid.data import format_scan, scan_data_dir
+    """Print the datasets under ``--data-dir`` next to the reference numbers; 1 if any is off.
 
-    result = scan_data_dir(args.data_dir)
+    With ``--verify``, also decode every image of the datasets found; 1 if any fails.
+    """
+    from pathlib import Path
+
+    from metareid.data import (
+        ReIDDataset,
+        build_dataset_from_spec,
+        check_images,
+        dataset_image_paths,
+        format_bad_images,
+        format_scan,
+        scan_data_dir,
+    )
+
+    found: list[ReIDDataset] = []
+
+    def build(spec: str, root: Path) -> ReIDDataset:
+        dataset = build_dataset_from_spec(spec, root)
+        found.append(dataset)
+        return dataset
+
+    result = scan_data_dir(args.data_dir, build=build)
     print(format_scan(result, args.data_dir))
     checks, errors, _ = result
-    return 1 if errors or any(not c.ok for c in checks) else 0
+    status = 1 if errors or any(not c.ok for c in checks) else 0
+    if args.verify and found:
+        paths = dataset_image_paths(found)
+        sys.stdout.flush()  # the table before the progress on stderr
+        bad = check_images(paths, workers=args.workers, progress=True)
+        print(format_bad_images(bad, len(paths)))
+        status = 1 if bad else status
+    return status
 
 
 def _synthetic(args: argparse.Namespace) -> int:

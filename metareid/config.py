@@ -130,6 +130,11 @@ class TrainConfig:
     ``final_targets`` are evaluated after training on every split (Protocol 1). A target
     that is also a source (same dataset, any version, subset or ``use``) is refused.
 
+    Data check and output: ``verify_data=True`` decodes every image the run will read
+    before training (:func:`metareid.data.check_images`) and raises
+    :class:`~metareid.data.BadImageError` listing every bad file; ``save_checkpoints=False``
+    writes no ``last.pt`` (logs, results and pictures only; nothing to resume from).
+
     Example:
         >>> cfg = TrainConfig(method="baseline", epochs=2)
         >>> TrainConfig.from_dict(cfg.to_dict()) == cfg
@@ -140,8 +145,31 @@ class TrainConfig:
     data_dir: str = "data"
     sources: tuple[str, ...] = ("msmt17:V2", "dukemtmc", "cuhk03")
     target: str = "market1501"
-    height: int = 256
-    width: int = 128
+    height: int | None = field(
+        default=None,
+        metadata={
+            "help": "input height; default: the architecture's (256 for the built-in ResNets "
+            "and torchvision CNNs, timm's pretrained_cfg input size)"
+        },
+    )
+    width: int | None = field(
+        default=None,
+        metadata={"help": "input width; default: the architecture's (128 for the ResNets)"},
+    )
+    mean: tuple[float, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "RGB normalisation mean (3 numbers); default: the architecture's "
+            "(ImageNet's, or timm's pretrained_cfg)"
+        },
+    )
+    std: tuple[float, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "RGB normalisation standard deviation (3 numbers > 0); default: "
+            "the architecture's"
+        },
+    )
     num_identities: int = 16
     num_instances: int = 4
     workers: int = 4
@@ -161,10 +189,32 @@ class TrainConfig:
         default=(),
         metadata={"help": "targets evaluated after training on all their splits"},
     )
+    verify_data: bool = field(
+        default=False,
+        metadata={
+            "help": "before training, decode every image the run reads (sources' train, "
+            "targets' query and gallery) and stop with the list of unreadable or empty files"
+        },
+    )
     # model
-    arch: str = "resnet50"
-    pretrained: str = "imagenet"  # "imagenet", "none", or a path / URL to a weights file
-    last_stride: int = 1
+    arch: str = field(
+        default="resnet50",
+        metadata={
+            "help": "backbone: resnet10/18/34/50, ibn_resnet50a, tv:<torchvision model> or "
+            "timm:<timm model> (e.g. timm:convnext_tiny, tv:vit_b_16)"
+        },
+    )
+    pretrained: str = field(
+        default="imagenet",
+        metadata={
+            "help": "imagenet (the library's usual ImageNet weights), none, or a path / URL "
+            "to a weights file"
+        },
+    )
+    last_stride: int = field(
+        default=1,
+        metadata={"help": "1 or 2; 1 sets the last stride-2 stage to stride 1 where it exists"},
+    )
     stem_relu: bool = field(
         default=True, metadata={"help": "ReLU after the stem BN (the published code has none)"}
     )
@@ -245,6 +295,13 @@ class TrainConfig:
     flip_eval: bool = False
     rerank: bool = False
     output_dir: str = "runs/m3l"
+    save_checkpoints: bool = field(
+        default=True,
+        metadata={
+            "help": "write <output_dir>/last.pt after every epoch (needed to --resume, "
+            "evaluate, extract or export later); off: logs, results and pictures only"
+        },
+    )
     seed: int = 0
     device: str = "auto"
     amp: Literal["off", "bf16", "fp16"] = "off"
@@ -287,9 +344,22 @@ class TrainConfig:
             "and the model state are identical on every rank (one broadcast per tensor)"
         },
     )
-    progress: bool = True
+    progress: bool = field(
+        default=True,
+        metadata={
+            "help": "show training progress (rank 0): a tqdm bar when stdout and stderr are "
+            "terminals, otherwise one plain line every log_every iterations"
+        },
+    )
     log_every: int = 10
     plots: bool = True
+    tensorboard: bool = field(
+        default=False,
+        metadata={
+            "help": "write TensorBoard event files into <output_dir>/tensorboard (rank 0; "
+            'needs pip install "metareid[tensorboard]")'
+        },
+    )
     tag: str = field(default="", metadata={"help": "free text stored with the run"})
     preset: Literal["none", "paper", "published"] = field(
         default="none",
@@ -300,6 +370,9 @@ class TrainConfig:
         self.sources = tuple(self.sources)
         self.final_targets = tuple(self.final_targets)
         self.milestones = tuple(int(m) for m in self.milestones)
+        for name in ("mean", "std"):
+            if isinstance(getattr(self, name), list):
+                setattr(self, name, tuple(getattr(self, name)))
         self.validate()
 
     def validate(self) -> None:
@@ -314,7 +387,29 @@ class TrainConfig:
                 raise ValueError(
                     f"{f.name} must be one of {', '.join(map(repr, choices))}; got {value!r}"
                 )
-        positive = ("height", "width", "num_identities", "epochs", "iters_per_epoch")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if (
+                not isinstance(value, tuple)
+                or len(value) != 3
+                or any(isinstance(v, bool) or not isinstance(v, int | float) for v in value)
+                or (name == "std" and not all(v > 0 for v in value))
+            ):
+                expected = "three numbers > 0" if name == "std" else "three numbers"
+                raise ValueError(f"{name} must be None or {expected} (R, G, B), got {value!r}")
+        if not isinstance(self.arch, str) or not self.arch:
+            raise ValueError(f"arch must be a non-empty string, got {self.arch!r}")
+        if isinstance(self.last_stride, bool) or self.last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 1 or 2, got {self.last_stride!r}")
+        positive = ("num_identities", "epochs", "iters_per_epoch")
         for name in (*positive, "eval_batch_size", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -458,9 +553,10 @@ class TrainConfig:
                     help=help_text,
                 )
             elif kind is tuple:
-                item = int if f.name == "milestones" else str
+                item = {"milestones": int, "mean": float, "std": float}.get(f.name, str)
+                nargs: int | str = 3 if f.name in ("mean", "std") else "+"
                 parser.add_argument(
-                    flag, dest=f.name, default=None, nargs="+", type=item, help=help_text
+                    flag, dest=f.name, default=None, nargs=nargs, type=item, help=help_text
                 )
             else:
                 parser.add_argument(
@@ -567,5 +663,5 @@ def _base_type(tp: Any) -> type:
         return tuple
     if origin in (typing.Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
-        return args[0] if len(args) == 1 and isinstance(args[0], type) else str
+        return _base_type(args[0]) if len(args) == 1 else str
     return tp if isinstance(tp, type) else str

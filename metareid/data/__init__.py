@@ -5,7 +5,8 @@ CUHK02, CUHK-SYSU, PRID, GRID, VIPeR, iLIDS, a generic folder/list-file dataset 
 built-in synthetic benchmark) behind a name registry and dataset specs; the DG protocols
 (M3L's, Protocols 1-3) as specs; statistics checked against the releases; the multi-source
 view with one id range per domain; the identity-balanced sampler and its per-process chunks; the train and test
-transforms; and the DataLoader helpers. See ``docs/data.md`` and ``docs/protocols.md``.
+transforms; the DataLoader helpers; and the check that every image decodes before a run
+(:func:`check_images`). See ``docs/data.md`` and ``docs/protocols.md``.
 """
 
 from metareid.data.datasets import (
@@ -99,6 +100,7 @@ from metareid.data.transforms import (
     build_test_transform,
     build_train_transform,
 )
+from metareid.data.verify import BadImage, check_images, dataset_image_paths, format_bad_images
 
 __all__ = [
     "CUHK02",
@@ -121,6 +123,7 @@ __all__ = [
     "SPLIT_FILE_NAME",
     "SPLIT_SEED",
     "SYNTHETIC_DOMAIN_DIR",
+    "BadImage",
     "BadImageError",
     "DatasetCheck",
     "DatasetFactory",
@@ -155,10 +158,13 @@ __all__ = [
     "build_train_loaders",
     "build_train_transform",
     "check_dataset",
+    "check_images",
     "check_target_not_in_sources",
     "dataset_factory",
     "dataset_family",
+    "dataset_image_paths",
     "drop_junk",
+    "format_bad_images",
     "format_scan",
     "generate_synthetic_benchmark",
     "list_datasets",

@@ -6,6 +6,7 @@ from metareid.engine.build import TrainingComponents, build_components, build_mo
 from metareid.engine.callbacks import Callback
 from metareid.engine.chunks import BatchOutputs, BatchSplit, DataParallelSplit, IdentitySplit
 from metareid.engine.objective import M3LObjective
+from metareid.engine.progress import ProgressLines, progress_style
 from metareid.engine.protocol import (
     apply_protocol,
     evaluate_final_targets,
@@ -23,6 +24,7 @@ from metareid.engine.results import (
 from metareid.engine.run_view import RunView
 from metareid.engine.schedule import warmup_multistep_factor, warmup_multistep_scheduler
 from metareid.engine.step import M3LStep
+from metareid.engine.tensorboard_log import TensorBoardLog
 from metareid.engine.trainer import Trainer, build_dataset_from_spec
 from metareid.serialization import load_checkpoint, save_checkpoint
 
@@ -37,8 +39,10 @@ __all__ = [
     "IdentitySplit",
     "M3LObjective",
     "M3LStep",
+    "ProgressLines",
     "RunView",
     "SplitResults",
+    "TensorBoardLog",
     "TrainConfig",
     "TrainResult",
     "Trainer",
@@ -53,6 +57,7 @@ __all__ = [
     "format_split_table",
     "load_checkpoint",
     "preset_deviations",
+    "progress_style",
     "protocol_table",
     "run_label",
     "save_checkpoint",

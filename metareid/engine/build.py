@@ -10,6 +10,7 @@ order (the order fixes the random numbers the model's initialisation draws): the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,16 +31,18 @@ from metareid.layers.metabn import MetaBN
 from metareid.losses.memory_id import MemoryIDLoss
 from metareid.losses.triplet import HardTripletLoss
 from metareid.memory.bank import MemoryBank
-from metareid.meta.learner import MetaLearner
-from metareid.models import ReIDModel, model_from_config
+from metareid.meta.learner import MetaLearner, missing_second_derivative
+from metareid.models import ReIDModel, input_config, is_external_arch, model_from_config
 
 __all__ = [
     "TrainingComponents",
     "build_components",
     "build_model_from_config",
     "build_split",
+    "check_second_order",
     "optimizer_groups",
     "resolve_device",
+    "resolve_input",
     "seed_everything",
 ]
 
@@ -77,6 +80,64 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 - for user transforms that use it
     torch.manual_seed(seed)
+
+
+def resolve_input(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``height``, ``width``, ``mean`` and ``std`` filled in where ``None``.
+
+    The values come from the architecture (:func:`metareid.models.input_config`: 256 x 128
+    and ImageNet's statistics for the built-in ResNets, timm's ``pretrained_cfg`` for
+    ``"timm:"`` models); values the config gives are kept. The trainer runs, logs and
+    checkpoints the resolved config, so evaluation and export read the same input.
+
+    Example:
+        >>> cfg = resolve_input(TrainConfig(arch="resnet18", width=64))
+        >>> cfg.height, cfg.width, cfg.std
+        (256, 64, (0.229, 0.224, 0.225))
+    """
+    if None not in (cfg.height, cfg.width, cfg.mean, cfg.std):
+        return cfg
+    declared = input_config(cfg.arch)
+    return dataclasses.replace(
+        cfg,
+        height=cfg.height or declared.height,
+        width=cfg.width or declared.width,
+        mean=cfg.mean or declared.mean,
+        std=cfg.std or declared.std,
+    )
+
+
+def check_second_order(cfg: TrainConfig, model: nn.Module, device: torch.device) -> None:
+    """Refuse, before training, a model whose exact meta step cannot be computed.
+
+    With ``method`` ``"m3l"``/``"meta"`` and ``meta_test_grad`` ``"full"`` or
+    ``"second_order_only"`` the meta step differentiates the meta-train gradient. For a
+    ``"tv:"``/``"timm:"`` architecture :func:`metareid.meta.missing_second_derivative`
+    probes that once (two images of the run's size, on a copy of the model); the built-in
+    ResNets are known to allow it and are not probed.
+
+    Raises:
+        ValueError: naming the operation and the ``--meta-test-grad first_order`` way out.
+
+    Example:
+        >>> cfg = TrainConfig(arch="resnet10", pretrained="none")
+        >>> check_second_order(cfg, nn.Identity(), torch.device("cpu"))  # not probed
+    """
+    if cfg.method == "baseline" or cfg.meta_test_grad == "first_order":
+        return
+    if not is_external_arch(cfg.arch):
+        return
+    height, width = cfg.height or 256, cfg.width or 128
+    images = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+    op = missing_second_derivative(model, images.to(device))
+    if op is not None:
+        raise ValueError(
+            f"arch {cfg.arch!r} uses {op}, which has no derivative in torch "
+            f"{torch.__version__}, and meta_test_grad={cfg.meta_test_grad!r} differentiates "
+            "through the meta-train gradient (the second-order meta step). Train this "
+            "backbone at first order: --meta-test-grad first_order (docs/models.md, "
+            "'Backbones from torchvision and timm')"
+        )
 
 
 def build_model_from_config(cfg: TrainConfig, sources: MultiSourceDataset) -> ReIDModel:

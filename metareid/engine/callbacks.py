@@ -8,8 +8,15 @@ The training loop (``metareid/engine/trainer.py``) calls the hooks of a list of
 * :class:`DivergenceWatch`: one warning when the epoch-mean training loss keeps growing;
 * :class:`PeriodicEvaluation`: the target evaluation every ``eval_every`` epochs and after
   the last one;
-* :class:`Checkpointing`: ``last.pt`` after every epoch, written atomically;
-* :class:`EndOfRunPictures`: ``curves.png``, ``tsne.png`` and ``retrieval.png``.
+* :class:`Checkpointing`: ``last.pt`` after every epoch, written atomically (unless
+  ``save_checkpoints`` is off);
+* :class:`EndOfRunPictures`: ``curves.png``, ``tsne.png`` and ``retrieval.png``;
+* :class:`~metareid.engine.progress.ProgressLines` (:mod:`metareid.engine.progress`): one
+  plain progress line every ``log_every`` iterations, when ``progress`` is on and stdout
+  is not a terminal (on a terminal the loop shows a tqdm bar instead);
+* :class:`~metareid.engine.tensorboard_log.TensorBoardLog`
+  (:mod:`metareid.engine.tensorboard_log`): TensorBoard event files in
+  ``<output_dir>/tensorboard``, with ``tensorboard=True``.
 
 Under ``torchrun`` every rank runs every hook (evaluations and checkpoints involve
 collectives), and only rank 0 writes files (:attr:`Trainer.is_main`).
@@ -41,7 +48,8 @@ class Callback:
     """Hooks of the training loop; every hook does nothing by default.
 
     Order of the calls in :meth:`Trainer.fit <metareid.engine.Trainer.fit>`:
-    ``on_fit_start`` once, then per epoch ``on_iteration_end`` after every iteration,
+    ``on_fit_start`` once, then per epoch ``on_epoch_start`` before its first iteration,
+    ``on_iteration_end`` after every iteration,
     ``on_epoch_end`` with the epoch record (before the epoch counter moves on),
     ``on_epoch_complete`` (after it moved on: evaluations, checkpoints), and
     ``on_evaluation`` for every evaluation; ``on_fit_end`` with the result.
@@ -58,6 +66,9 @@ class Callback:
 
     def on_fit_start(self, trainer: RunView, resumed: bool) -> None:
         """Before the first epoch; ``resumed``: the state was loaded from ``last.pt``."""
+
+    def on_epoch_start(self, trainer: RunView) -> None:
+        """Before the first iteration of epoch ``trainer.epoch`` (0-based)."""
 
     def on_iteration_end(self, trainer: RunView, index: int, losses: dict[str, float]) -> None:
         """After iteration ``index`` (0-based, within the epoch) with its losses."""
@@ -200,6 +211,10 @@ class PeriodicEvaluation(Callback):
 class Checkpointing(Callback):
     """``last.pt`` after every epoch: atomic, written by rank 0 between two barriers.
 
+    With ``save_checkpoints=False`` nothing is written; a fresh run then only notes a
+    ``last.pt`` left by an earlier run in the same folder (it is not touched, and no longer
+    matches the run's log).
+
     Example:
         >>> Checkpointing().filename
         'last.pt'
@@ -207,8 +222,14 @@ class Checkpointing(Callback):
 
     filename = "last.pt"
 
+    def on_fit_start(self, trainer: RunView, resumed: bool) -> None:
+        path = trainer.output_dir / self.filename
+        if not trainer.cfg.save_checkpoints and not resumed and trainer.is_main and path.exists():
+            trainer.log(f"save_checkpoints is off: {path} is from an earlier run, left as it is")
+
     def on_epoch_complete(self, trainer: RunView) -> None:
-        trainer.save_checkpoint(trainer.output_dir / self.filename)
+        if trainer.cfg.save_checkpoints:
+            trainer.save_checkpoint(trainer.output_dir / self.filename)
 
 
 class EndOfRunPictures(Callback):

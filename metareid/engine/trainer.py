@@ -36,7 +36,13 @@ from metareid.data import (
 )
 from metareid.distributed import extract_features_sharded
 from metareid.engine import _dist, _rng
-from metareid.engine.build import build_components, build_model_from_config, seed_everything
+from metareid.engine.build import (
+    build_components,
+    build_model_from_config,
+    check_second_order,
+    resolve_input,
+    seed_everything,
+)
 from metareid.engine.callbacks import (
     Callback,
     Checkpointing,
@@ -45,6 +51,7 @@ from metareid.engine.callbacks import (
     JsonlLog,
     PeriodicEvaluation,
 )
+from metareid.engine.progress import ProgressLines, progress_bar, progress_style
 from metareid.engine.results import (
     EvalResult,
     TrainResult,
@@ -52,6 +59,7 @@ from metareid.engine.results import (
     format_results,
     run_label,
 )
+from metareid.engine.tensorboard_log import TensorBoardLog
 from metareid.evaluation import evaluate_features, extract_features
 from metareid.layers.metabn import MetaBN
 from metareid.memory.bank import MemoryBank
@@ -79,6 +87,9 @@ _RESUMABLE_CHANGES = {
     "micro_batches",
     "recompute",
     "check_ranks",
+    "tensorboard",
+    "verify_data",
+    "save_checkpoints",
 }
 
 
@@ -99,12 +110,21 @@ class Trainer:
     The components are built by :func:`metareid.engine.build.build_components`; logs,
     checkpoints, evaluations and pictures are :mod:`~metareid.engine.callbacks`.
 
+    Progress (``config.progress``, rank 0): a tqdm bar when stdout and stderr are
+    terminals, otherwise one plain line every ``log_every`` iterations through ``log``
+    (:mod:`metareid.engine.progress`), so that a log file holds no ``\\r`` redraws.
+    ``config.tensorboard`` adds TensorBoard event files in ``<output_dir>/tensorboard``
+    (:class:`~metareid.engine.tensorboard_log.TensorBoardLog`).
+
     Numerics follow ``config.amp``: float32 by default; ``"bf16"`` / ``"fp16"`` autocast
     the training forwards, the memory initialisation and the evaluation features, and
     ``"fp16"`` adds a ``torch.amp.GradScaler`` (stored in checkpoints).
 
     Checkpoints (``last.pt``) are written atomically after every epoch; ``fit(resume=True)``
     continues from them and, on CPU with a fixed seed, reproduces the uninterrupted run.
+    ``config.save_checkpoints=False`` writes none (nothing to resume from then);
+    ``config.verify_data`` decodes every image the run reads before training
+    (:meth:`verify_data`).
 
     Scale-out (docs/distributed.md): under ``torchrun`` the trainer joins the process group
     of the environment, computes on the device of ``LOCAL_RANK`` and trains on its identity
@@ -119,8 +139,9 @@ class Trainer:
         config: The run's settings.
         log: Where human-readable lines go (default ``print``).
         callbacks: Extra :class:`~metareid.engine.Callback` objects, called after the
-            built-in ones (log, divergence watch, evaluation, checkpoint, pictures) at every
-            hook; they see the run through :class:`~metareid.engine.RunView`. Default none.
+            built-in ones (log, progress lines, divergence watch, evaluation, checkpoint,
+            pictures, TensorBoard) at every hook; they see the run through
+            :class:`~metareid.engine.RunView`. Default none.
 
     Example:
         >>> from metareid.engine import TrainConfig, Trainer
@@ -143,6 +164,9 @@ class Trainer:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks[{i}] must be a Callback, got {type(cb).__name__}")
         config.validate()
+        config = resolve_input(config)  # height, width, mean, std: the architecture's
+        # Before anything slow: a missing tensorboard package fails here, naming the extra.
+        tensorboard = [TensorBoardLog()] if config.tensorboard else []
         self.cfg = cfg = config
         self.plumbing = plumbing = _dist.setup(cfg)
         self.is_main = plumbing.context.is_main
@@ -163,12 +187,20 @@ class Trainer:
         sources = [build_dataset_from_spec(s, cfg.data_dir) for s in cfg.sources]
         self.sources = MultiSourceDataset(sources, names=list(cfg.sources))
         self.target = build_dataset_from_spec(cfg.target, cfg.data_dir)
-        size = (cfg.height, cfg.width)
-        self.train_transform = build_train_transform(size, random_erasing_prob=cfg.random_erasing)
-        self.test_transform = build_test_transform(size)
+        if cfg.verify_data:  # before anything is built or written
+            self.verify_data()
+        assert cfg.height and cfg.width and cfg.mean and cfg.std  # resolve_input filled them
+        size, mean, std = (cfg.height, cfg.width), cfg.mean, cfg.std
+        self.train_transform = build_train_transform(
+            size, random_erasing_prob=cfg.random_erasing, mean=mean, std=std
+        )
+        self.test_transform = build_test_transform(size, mean=mean, std=std)
 
         # Model, memories, objective, optimiser, schedule, learner (engine/build.py).
         self.model = build_model_from_config(cfg, self.sources).to(self.device)
+        check_second_order(cfg, self.model, self.device)
+        for note in getattr(self.model.backbone, "notes", ()):
+            self.log(note)
         _dist.broadcast_module_(self.model, plumbing)
         parts = build_components(
             cfg,
@@ -197,12 +229,17 @@ class Trainer:
         self.last_features: tuple[Tensor, ...] | None = None
         self.jsonl = JsonlLog()
         self.divergence = DivergenceWatch()
+        # A bar on a terminal, plain lines in a log file, nothing on ranks > 0.
+        self.progress_style = progress_style(cfg.progress and self.is_main)
+        lines = [ProgressLines()] if self.progress_style == "lines" else []
         self.callbacks: list[Callback] = [
             self.jsonl,
+            *lines,
             self.divergence,
             PeriodicEvaluation(),
             Checkpointing(),
             EndOfRunPictures(),
+            *tensorboard,  # after the pictures, which it copies
             *callbacks,
         ]
 
@@ -321,11 +358,11 @@ class Trainer:
         batches = MultiDomainBatchIterator(loaders)
         self.model.train()
         self.epoch_lr = lr = self.optimizer.param_groups[0]["lr"]
-        progress = _progress(
-            cfg.iters_per_epoch,
-            f"epoch {self.epoch + 1}/{cfg.epochs}",
-            cfg.progress and self.is_main,
-        )
+        progress: Any = range(cfg.iters_per_epoch)
+        if self.progress_style == "bar":
+            progress = progress_bar(cfg.iters_per_epoch, f"epoch {self.epoch + 1}/{cfg.epochs}")
+        for cb in self.callbacks:
+            cb.on_epoch_start(self)
         start = time.perf_counter()
         for i in progress:
             raw = next(batches)
@@ -354,6 +391,50 @@ class Trainer:
         self.epoch += 1
         if cfg.check_ranks and self.plumbing.processes:
             self.check_ranks()
+
+    def verify_data(self) -> None:
+        """Decode every image the run will read; raise before training if one fails.
+
+        The images are the sources' training splits, the target's query and gallery, and
+        those of every split of the final targets. Rank 0 decodes them
+        (:func:`metareid.data.check_images`, one process per CPU) and logs a summary line;
+        every rank receives the outcome, so under ``torchrun`` every rank raises. The
+        constructor calls this when ``config.verify_data`` is set, before the model is built
+        and before anything is written.
+
+        Raises:
+            BadImageError: some files cannot be decoded or are empty; the message lists
+                every one of them with its reason.
+        """
+        from metareid.data import BadImageError, check_images, dataset_image_paths
+        from metareid.data import format_bad_images as report
+        from metareid.engine.protocol import target_splits
+
+        cfg, bad, count = self.cfg, None, 0
+        if self.is_main:
+            start = time.perf_counter()
+            finals = [
+                build_dataset_from_spec(split, cfg.data_dir)
+                for spec in cfg.final_targets
+                for split in target_splits(spec)
+            ]
+            paths = dataset_image_paths(self.sources.datasets, splits=("train",))
+            paths += dataset_image_paths([self.target, *finals], splits=("query", "gallery"))
+            paths = list(dict.fromkeys(paths))
+            count = len(paths)
+            bad = check_images(paths, progress=cfg.progress, desc="verifying images")
+            outcome = f"{len(bad):,} cannot be decoded" if bad else "all decode"
+            self.log(
+                f"verify_data: decoded the {count:,} images of the sources and targets in "
+                f"{time.perf_counter() - start:.1f} s: {outcome}"
+            )
+        bad, count = _dist.share_from_main((bad, count), self.plumbing)
+        if bad:
+            raise BadImageError(
+                f"verify_data: {report(bad, count)}\nReplace or remove these files and start "
+                "again; training has not started.",
+                path=bad[0].path,
+            )
 
     def check_ranks(self) -> None:
         """Raise ``ValueError`` unless memories and model state agree on every rank.
@@ -566,14 +647,3 @@ class Trainer:
                 self.model, self._test_loader(records), self.device, flip=self.cfg.flip_eval
             )
         return feats.float(), pids, cams
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-
-            return tqdm(range(total), desc=desc, dynamic_ncols=True, leave=False)
-        except ImportError:  # pragma: no cover - tqdm is a dependency
-            pass
-    return range(total)

@@ -78,6 +78,9 @@ def export_model(
             :func:`~metareid.inference.read_checkpoint`.
         ImportError: ``file_format="onnx"`` without the ``onnx`` package (the message
             says what to install).
+        RuntimeError: the exporter failed on the model (the message names the
+            architecture and carries the exporter's error, which names what does not
+            export); no file is left behind.
 
     Example:
         >>> import tempfile, os, torch
@@ -133,24 +136,40 @@ def export_model(
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
-        if fmt == "torchscript":
-            traced = torch.jit.trace(net, example)
-            torch.jit.save(traced, str(out), _extra_files={_EXTRA_FILE: text})
-        else:
-            torch.onnx.export(
-                net,
-                (example,),
-                str(out),
-                input_names=[_INPUT],
-                output_names=[_OUTPUT],
-                dynamic_axes={_INPUT: {0: "batch"}, _OUTPUT: {0: "batch"}},
-                opset_version=ONNX_OPSET,
-                dynamo=dynamo,
-            )
-            assert onnx is not None
-            model = onnx.load(str(out))
-            onnx.helper.set_model_props(model, {"metareid": text})
-            onnx.save(model, str(out))
+        # nn.MultiheadAttention's eval fast path (torchvision's ViTs) is one fused op that
+        # the ONNX exporter does not know; the unfused path computes the same.
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            if fmt == "torchscript":
+                traced = torch.jit.trace(net, example)
+                torch.jit.save(traced, str(out), _extra_files={_EXTRA_FILE: text})
+            else:
+                torch.onnx.export(
+                    net,
+                    (example,),
+                    str(out),
+                    input_names=[_INPUT],
+                    output_names=[_OUTPUT],
+                    dynamic_axes={_INPUT: {0: "batch"}, _OUTPUT: {0: "batch"}},
+                    opset_version=ONNX_OPSET,
+                    dynamo=dynamo,
+                )
+                assert onnx is not None
+                model = onnx.load(str(out))
+                onnx.helper.set_model_props(model, {"metareid": text})
+                onnx.save(model, str(out))
+        except Exception as err:
+            out.unlink(missing_ok=True)
+            exporter = meta["export"]["exporter"]
+            arch = extractor.config.get("arch", "resnet50")
+            raise RuntimeError(
+                f"{exporter} could not export the model of arch {arch!r} "
+                f"({type(err).__name__}: {err}); the exporter's error names the operation or "
+                "module that does not export. Nothing was written"
+            ) from err
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
     Path(f"{out}.json").write_text(text + "\n")
     return out
 

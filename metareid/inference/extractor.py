@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 import metareid
 from metareid._validation import check_choice, check_positive_int
 from metareid.config import config_value
-from metareid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
+from metareid.data.transforms import build_test_transform
 from metareid.evaluation import embed
 from metareid.inference._images import (
     IMAGE_EXTENSIONS,
@@ -33,7 +33,7 @@ from metareid.inference.trained_model import (
     read_checkpoint,
 )
 from metareid.layers.metabn import MetaBN
-from metareid.models import ReIDModel
+from metareid.models import ReIDModel, input_config
 
 __all__ = ["EmbeddingNet", "Extraction", "FeatureExtractor"]
 
@@ -221,10 +221,14 @@ class FeatureExtractor:
         self.source = checkpoint_label(checkpoint)
         self.config: dict[str, Any] = dict(state["config"])
         self.epoch = int(state.get("epoch", 0))
-        height, width = config_value(self.config, "height"), config_value(self.config, "width")
+        # What training used: the run's config, where it is silent the architecture's.
+        declared = input_config(config_value(self.config, "arch"))
+        height = config_value(self.config, "height") or declared.height
+        width = config_value(self.config, "width") or declared.width
         self.input_size: tuple[int, int] = (int(height), int(width))
-        self.mean: tuple[float, ...] = tuple(IMAGENET_MEAN)
-        self.std: tuple[float, ...] = tuple(IMAGENET_STD)
+        mean, std = config_value(self.config, "mean"), config_value(self.config, "std")
+        self.mean: tuple[float, ...] = tuple(float(v) for v in (mean or declared.mean))
+        self.std: tuple[float, ...] = tuple(float(v) for v in (std or declared.std))
         self.transform = build_test_transform(self.input_size, mean=self.mean, std=self.std)
         self.model = model_from_checkpoint(state, self.device)
         self.net = EmbeddingNet(self.model, flip=flip).to(self.device).eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ __all__ = [
     "OuterGradTransform",
     "Phase",
     "RecomputedLoss",
+    "missing_second_derivative",
 ]
 
 GradTransform = Callable[[list[Tensor | None]], Sequence[Tensor | None]]
@@ -79,6 +81,62 @@ _BACKENDS = ("higher", "func")
 #: Accepted values of ``meta_test_grad``.
 META_TEST_GRADS = _backends.MODES
 _NO_SECOND_DERIVATIVE = re.compile(r"derivative for (\S+) is not implemented")
+
+
+def _float_tensors(out: Any) -> list[Tensor]:
+    if isinstance(out, Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, list | tuple):
+        return [t for item in out for t in _float_tensors(item)]
+    return []
+
+
+def missing_second_derivative(model: nn.Module, inputs: Tensor) -> str | None:
+    """The operation of ``model`` whose backward has no derivative, or ``None``.
+
+    The exact meta step (``meta_test_grad="full"`` or ``"second_order_only"``)
+    differentiates the meta-train gradient, so every operation's backward must itself be
+    differentiable; a few are not in torch (``hardsigmoid``, the
+    squeeze-excitation gate of MobileNetV3). This probe runs one train-mode forward of a copy of
+    ``model`` on ``inputs``, takes the gradient of the squared outputs with
+    ``create_graph=True`` and differentiates its squared norm: what the meta step does
+    (attention on the math kernel, as :meth:`MetaLearner.step` runs it at second order),
+    on a copy, so ``model`` (buffers included) is unchanged.
+
+    Args:
+        model: the network.
+        inputs: one input batch for it (at least 2 samples when it has BatchNorm).
+
+    Returns:
+        The name torch gives the backward without a derivative (e.g.
+        ``"aten::hardsigmoid_backward"``), or ``None`` when the second order goes through.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.Hardsigmoid(), nn.Linear(4, 2))
+        >>> missing_second_derivative(net, torch.randn(3, 4))
+        'aten::hardsigmoid_backward'
+        >>> missing_second_derivative(nn.Sequential(nn.Linear(4, 2), nn.GELU()), torch.randn(3, 4))
+    """
+    probe = copy.deepcopy(model).train()
+    params = [p for p in probe.parameters() if p.requires_grad]
+    try:
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+            outputs = _float_tensors(probe(inputs))
+            loss = sum(((t.float() ** 2).sum() for t in outputs), torch.zeros(()))
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            norm = sum(
+                ((g**2).sum() for g in grads if g is not None and g.requires_grad),
+                torch.zeros(()),
+            )
+            if norm.requires_grad:
+                torch.autograd.grad(norm, params, allow_unused=True)
+    except RuntimeError as err:
+        missing = _NO_SECOND_DERIVATIVE.search(str(err))
+        if missing is None:
+            raise
+        return missing.group(1)
+    return None
+
 
 #: Accepted values of ``meta_test_bn_stats``.
 META_TEST_BN_STATS = ("frozen", "update")
@@ -587,33 +645,15 @@ class MetaLearner:
         # Without a grad_transform the raw gradient (scaled, under a grad scaler) is added,
         # as before the hooks existed; with one, its output (re-scaled).
         added = raw if user is None else transformed[0]
-        squares: list[list[Tensor]] = [[], []]  # meta-train, meta-test terms
-        with torch.no_grad():
-            for p, t, g in zip(params, test_grads, added, strict=True):
-                if t is not None:
-                    squares[1].append(t.double().square().sum())
-                    _accumulate(p, t)
-                if g is None:
-                    continue
-                g = g.detach()
-                squares[0].append(g.double().square().sum() * (1.0 if user is None else scale**2))
-                if user is not None and scale != 1.0:
-                    g = g * scale
-                _accumulate(p, g)
-            train_sq, test_sq = (
-                float(torch.stack(q).sum()) / scale**2 if q else 0.0 for q in squares
-            )
-        if self.outer_grad_transform is not None:
-            self.outer_grad_transform(params)
-        return MetaStepResult(
-            meta_train_loss=float(loss_mtr.detach()),
-            meta_test_loss=float(loss_mte.detach()),
-            meta_test_domain=meta_test,
-            meta_train_domains=train_domains,
-            meta_train_aux=tuple(train_aux),
-            meta_test_aux=_detach_tree(test_aux),
-            meta_train_grad_norm=math.sqrt(train_sq),
-            meta_test_grad_norm=math.sqrt(test_sq),
+        return self._finish(
+            params,
+            test_grads,
+            added,
+            scale=scale,
+            train_rescale=1.0 if user is None else scale,
+            losses=(loss_mtr, loss_mte),
+            domains=(meta_test, train_domains),
+            aux=(train_aux, test_aux),
         )
 
     def _meta_backward_recomputed(
@@ -718,20 +758,59 @@ class MetaLearner:
             del direct, curvature, a
         del states
 
-        squares: list[list[Tensor]] = [[], []]
+        return self._finish(
+            params,
+            test_grads,
+            raw,
+            scale=scale,
+            train_rescale=1.0,
+            losses=(loss_mtr, loss_mte),
+            domains=(meta_test, train_domains),
+            aux=(train_aux, test_aux),
+        )
+
+    def _finish(
+        self,
+        params: list[Tensor],
+        test_grads: Sequence[Tensor | None],
+        train_grads: Sequence[Tensor | None],
+        *,
+        scale: float,
+        train_rescale: float,
+        losses: tuple[Tensor, Tensor],
+        domains: tuple[int, tuple[int, ...]],
+        aux: tuple[Sequence[Any], Any],
+    ) -> MetaStepResult:
+        """Add both terms to ``.grad``, run ``outer_grad_transform``, make the result.
+
+        ``test_grads`` and ``train_grads`` are the meta-test and meta-train terms (both
+        multiplied by the loss ``scale``); ``train_rescale`` multiplies the meta-train
+        term before it is added (``scale`` when a ``grad_transform`` saw the unscaled
+        gradient, else 1). The norms are reported without the scale.
+        """
+        squares: list[list[Tensor]] = [[], []]  # meta-train, meta-test terms
         with torch.no_grad():
-            for p, t, g in zip(params, test_grads, raw, strict=True):
+            for p, t, g in zip(params, test_grads, train_grads, strict=True):
                 if t is not None:
                     squares[1].append(t.double().square().sum())
                     _accumulate(p, t)
-                if g is not None:
-                    squares[0].append(g.double().square().sum())
-                    _accumulate(p, g)
+                if g is None:
+                    continue
+                g = g.detach()
+                squares[0].append(g.double().square().sum() * train_rescale**2)
+                if train_rescale != 1.0:
+                    g = g * train_rescale
+                _accumulate(p, g)
             train_sq, test_sq = (
                 float(torch.stack(q).sum()) / scale**2 if q else 0.0 for q in squares
             )
         if self.outer_grad_transform is not None:
             self.outer_grad_transform(params)
+        (loss_mtr, loss_mte), (meta_test, train_domains), (train_aux, test_aux) = (
+            losses,
+            domains,
+            aux,
+        )
         return MetaStepResult(
             meta_train_loss=float(loss_mtr.detach()),
             meta_test_loss=float(loss_mte.detach()),

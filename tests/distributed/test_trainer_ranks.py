@@ -509,6 +509,7 @@ def test_reproduce_example_runs_under_torchrun(tmp_path, torchrun_env):
         str(tmp_path / "runs"),
         "--json",
         str(tmp_path / "results.json"),
+        "--save-checkpoints",  # the demo keeps none by default; the check below reads one
     )
     proc = subprocess.run(command, env=torchrun_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

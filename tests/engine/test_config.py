@@ -6,6 +6,7 @@ import json
 import pytest
 
 from metareid.engine import TrainConfig
+from metareid.engine.build import resolve_input
 
 
 def test_defaults_are_the_papers():
@@ -17,7 +18,11 @@ def test_defaults_are_the_papers():
         (30, 50),
         0.1,
     )
-    assert (cfg.num_identities, cfg.num_instances, cfg.height, cfg.width) == (16, 4, 256, 128)
+    assert (cfg.num_identities, cfg.num_instances) == (16, 4)
+    assert (cfg.height, cfg.width, cfg.mean, cfg.std) == (None, None, None, None)  # the arch's:
+    resolved = resolve_input(cfg)  # ResNet-50: 256 x 128 and ImageNet's statistics
+    assert (resolved.height, resolved.width) == (256, 128)
+    assert resolved.mean == (0.485, 0.456, 0.406) and resolved.std == (0.229, 0.224, 0.225)
     assert (cfg.memory_momentum, cfg.temperature, cfg.margin) == (0.2, 0.05, 0.3)
     assert cfg.method == "m3l" and cfg.memory_update_rule == "mean" and cfg.sample_scale == "std"
 
@@ -252,3 +257,30 @@ def test_the_switches_reach_the_components(tmp_path):
     assert isinstance(build_split(TrainConfig()), IdentitySplit)
     with pytest.raises(ValueError, match="cannot be combined with ranks"):
         build_split(TrainConfig(dataparallel=3), MicroBatchRanks(2))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("height", 0, "height must be None or an int >= 1, got 0"),
+        ("width", 2.5, "width must be None or an int >= 1, got 2.5"),
+        ("mean", (0.5, 0.5), r"mean must be None or three numbers \(R, G, B\)"),
+        ("std", (0.5, 0.0, 0.5), r"std must be None or three numbers > 0"),
+        ("last_stride", 3, "last_stride must be 1 or 2, got 3"),
+        ("arch", "", "arch must be a non-empty string"),
+    ],
+)
+def test_input_and_arch_fields_are_checked(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{key: value})
+
+
+def test_mean_and_std_flags_take_three_numbers():
+    parser = argparse.ArgumentParser()
+    TrainConfig.add_arguments(parser)
+    args = parser.parse_args(["--mean", "0.5", "0.5", "0.5", "--std", "0.2", "0.2", "0.2"])
+    cfg = TrainConfig.from_args(args)
+    assert cfg.mean == (0.5, 0.5, 0.5) and cfg.std == (0.2, 0.2, 0.2)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mean", "0.5", "0.5"])

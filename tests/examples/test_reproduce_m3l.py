@@ -49,6 +49,27 @@ def test_smoke_run_prints_a_table_3_like_table(tmp_path, capsys):
         for rows in per_seed:
             assert all(0 <= r["mAP"] <= 100 for r in rows)
     assert "| M3L − Baseline (paired) |" in printed
+    runs = tmp_path / "runs"  # logs and configs, no checkpoints (--save-checkpoints: kept)
+    assert not list(runs.rglob("*.pt"))
+    assert sorted(p.name for p in (runs / "seed0" / "D3" / "m3l").iterdir()) == [
+        "config.json",
+        "log.jsonl",
+    ]
+
+
+def test_checkpoints_are_kept_only_when_asked(tmp_path):
+    example = load_example()
+    cases = (
+        ([], False),  # the synthetic demo
+        (["--save-checkpoints"], True),
+        (["--data-dir", str(tmp_path), "--target", "market1501"], True),  # real data: kept
+        (["--data-dir", str(tmp_path), "--target", "market1501", "--no-save-checkpoints"], False),
+    )
+    for argv, kept in cases:
+        args, extra = example.parse_args(argv)
+        assert m3l_config(example, args, extra, tmp_path, seed=0).save_checkpoints is kept
+    args, extra = example.parse_args(["--", "--save-checkpoints"])  # a train flag after --
+    assert m3l_config(example, args, extra, tmp_path, seed=0).save_checkpoints is True
 
 
 def _r(mAP, r1, r5=0.0, r10=0.0):

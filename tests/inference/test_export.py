@@ -109,3 +109,26 @@ def test_bad_export_arguments(extractor, tmp_path):
         torch.jit.save(torch.jit.script(torch.nn.Identity()), str(plain))
     with pytest.raises(ValueError, match="not exported by metareid"):
         read_torchscript_metadata(plain)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_a_model_that_does_not_export_is_named_and_leaves_nothing(
+    extractor, tmp_path, monkeypatch, fmt
+):
+    def fails(*args, **kwargs):
+        raise RuntimeError("Unsupported: aten::fancy_op")
+
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    monkeypatch.setattr(
+        torch.jit if fmt == "torchscript" else torch.onnx,
+        "trace" if fmt == "torchscript" else "export",
+        fails,
+    )
+    out = tmp_path / f"m.{fmt}"
+    with pytest.raises(
+        RuntimeError, match=r"could not export the model of arch 'resnet10'.*aten::fancy_op"
+    ):
+        export_model(extractor, out, fmt)
+    assert list(tmp_path.iterdir()) == []
+    assert torch.backends.mha.get_fastpath_enabled()  # restored after the export

@@ -44,6 +44,7 @@ __all__ = [
     "resolve_device",
     "resolve_input",
     "seed_everything",
+    "stored_config",
 ]
 
 #: Offsets of the seeds of the single-process random streams (``seed + offset``).
@@ -105,6 +106,34 @@ def resolve_input(cfg: TrainConfig) -> TrainConfig:
         mean=cfg.mean or declared.mean,
         std=cfg.std or declared.std,
     )
+
+
+def stored_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's stored config as this version's :meth:`TrainConfig.to_dict` reads it.
+
+    Keys of earlier versions are renamed, keys a checkpoint predates take their default
+    (:func:`metareid.config.config_value`), keys this version no longer has are dropped,
+    and an input size or normalisation left to the architecture is filled in as
+    :func:`resolve_input` does. What :meth:`Trainer.load_state
+    <metareid.engine.Trainer.load_state>` compares with the run's config.
+
+    Example:
+        >>> old = {"arch": "resnet18", "first_order": True}  # an earlier version's keys
+        >>> cfg = stored_config(old)
+        >>> cfg["meta_test_grad"], cfg["height"], cfg["mean"]
+        ('first_order', 256, [0.485, 0.456, 0.406])
+    """
+    from metareid.config import config_value
+
+    out = {f.name: config_value(config, f.name) for f in dataclasses.fields(TrainConfig)}
+    declared = input_config(out["arch"])._asdict()
+    for key, value in declared.items():
+        if out[key] is None:
+            out[key] = list(value) if isinstance(value, tuple) else value
+    for key, value in out.items():
+        if isinstance(value, tuple):
+            out[key] = list(value)
+    return out
 
 
 def check_second_order(cfg: TrainConfig, model: nn.Module, device: torch.device) -> None:

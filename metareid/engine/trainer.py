@@ -42,6 +42,7 @@ from metareid.engine.build import (
     check_second_order,
     resolve_input,
     seed_everything,
+    stored_config,
 )
 from metareid.engine.callbacks import (
     Callback,
@@ -556,12 +557,10 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; the stored config must match this run's."""
-        stored = state.get("config", {})
         current = self.cfg.to_dict()
+        stored = stored_config(state.get("config", {}))
         diff = sorted(
-            k
-            for k in set(stored) | set(current)
-            if k not in _RESUMABLE_CHANGES and stored.get(k) != current.get(k)
+            k for k in current if k not in _RESUMABLE_CHANGES and stored.get(k) != current.get(k)
         )
         if diff:
             raise ValueError(

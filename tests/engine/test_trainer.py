@@ -140,6 +140,30 @@ def test_resume_refuses_a_different_config(tiny_bench, tiny_config, tmp_path):
         other.fit(resume=True)
 
 
+def test_resume_reads_a_checkpoint_of_an_earlier_version(tiny_bench, tiny_config, tmp_path):
+    from metareid.serialization import save_checkpoint
+
+    cfg = tiny_config(tiny_bench, tmp_path / "run", epochs=2)
+    trainer = Trainer(cfg, log=lambda s: None)
+    trainer.fit()
+    path = tmp_path / "run" / "last.pt"
+    state = load_checkpoint(path)
+    old = dict(state["config"])
+    for key in ("mean", "std", "tensorboard", "checkpoint_activations"):  # keys it predates
+        old.pop(key)
+    old["metabn_scale"] = old.pop("sample_scale")  # a key under its earlier name
+    state["config"] = old
+    save_checkpoint({**state, "epoch": 1}, path)
+    lines: list[str] = []
+    Trainer(cfg, log=lines.append).fit(resume=True)
+    assert any(line.startswith("resumed from") for line in lines)
+
+    state["config"] = {**old, "mean": [0.5, 0.5, 0.5]}  # a real difference is still refused
+    save_checkpoint({**state, "epoch": 1}, path)
+    with pytest.raises(ValueError, match=r"differing keys: mean \(checkpoint \[0.5, 0.5, 0.5\]"):
+        Trainer(cfg, log=lambda s: None).fit(resume=True)
+
+
 def test_trainer_rejects_non_config():
     with pytest.raises(TypeError, match="config must be a TrainConfig"):
         Trainer({"method": "m3l"})  # type: ignore[arg-type]

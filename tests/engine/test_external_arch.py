@@ -2,7 +2,8 @@
 
 One torchvision and one timm model per family (CNN, ConvNeXt, ViT), random weights, tiny
 images, with the same commands as for a ResNet-50: ``metareid train --arch ...``,
-``--resume``, ``metareid evaluate``, ``metareid export`` (TorchScript and ONNX), the exported
+``--resume``, ``metareid evaluate``, ``extract``, ``search``, ``metareid export``
+(TorchScript and ONNX), the exported
 model checked against the checkpoint's :class:`~metareid.FeatureExtractor`. Second order by
 default; a backbone without a second derivative (MobileNetV3's hardsigmoid) is refused
 before training with a message naming the first-order way out, and trains with it.
@@ -21,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from metareid import FeatureExtractor
 from metareid.cli import main
+from metareid.inference import load_embeddings
 from metareid.serialization import load_checkpoint
 
 timm = pytest.importorskip("timm")
@@ -119,6 +122,22 @@ def test_train_resume_evaluate_export(family, tiny_bench, tmp_path, capsys, monk
     ]
     with torch.no_grad():
         expected = extractor.net(images)
+    # extract and search from the checkpoint alone
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((40, 20, 3), 60 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    npz = tmp_path / "f.npz"
+    assert main(["extract", "--checkpoint", str(out / "last.pt"), "--images", str(folder),
+                 "--out", str(npz)]) == 0  # fmt: skip
+    emb = load_embeddings(npz)
+    feats, _ = extractor.extract_folder(folder)
+    np.testing.assert_allclose(emb.features, feats.numpy(), rtol=1e-5, atol=1e-6)
+    ranked = tmp_path / "r.csv"
+    assert main(["search", "--query", str(npz), "--gallery", str(npz), "--out", str(ranked),
+                 "--topk", "2"]) == 0  # fmt: skip
+    assert ranked.read_text().count("\n") == 1 + 3 * 2
+
     ts = tmp_path / "m.torchscript"
     assert main(["export", "--checkpoint", str(out / "last.pt"), "--out", str(ts)]) == 0
     with warnings.catch_warnings():

@@ -173,6 +173,18 @@ def test_pretrained_path_loads_the_classification_weights(tmp_path: Path):
     assert trunk.body.pos_embed.shape[1] == 1 + (64 // 16) * (32 // 16)
 
 
+def test_torchvision_vit_weights_are_interpolated_to_the_image_size(tmp_path: Path):
+    torch.manual_seed(0)
+    source = tv_models.vit_b_32()  # 224 x 224: 7 x 7 patches + the class token
+    path = tmp_path / "vit.pth"
+    torch.save(source.state_dict(), path)
+    trunk = build_external_backbone("tv:vit_b_32", pretrained=str(path), input_size=(64, 64))
+    pos = trunk.body.encoder.pos_embedding
+    assert pos.shape == (1, 1 + 2 * 2, 768)
+    torch.testing.assert_close(pos[:, 0], source.encoder.pos_embedding[:, 0])  # class token
+    torch.testing.assert_close(trunk.body.conv_proj.weight, source.conv_proj.weight)
+
+
 def test_pretrained_weights_that_do_not_fit_are_refused(tmp_path: Path):
     path = tmp_path / "r34.pth"
     torch.save(tv_models.resnet34().state_dict(), path)

@@ -29,7 +29,6 @@ timm is an optional dependency (``pip install "metareid[timm]"``).
 
 from __future__ import annotations
 
-import copy
 import difflib
 import importlib
 import os
@@ -399,7 +398,6 @@ def set_last_stride_one(body: nn.Module, example: Tensor, arch: str) -> str:
             "merge that stride 1 would turn into overlapping windows of a different size; the "
             "model keeps its strides"
         )
-    saved = copy.deepcopy(body.state_dict(keep_vars=False))
     changed: list[tuple[str, nn.Module]] = []
     removed: list[str] = []
     for c in unique:
@@ -421,7 +419,6 @@ def set_last_stride_one(body: nn.Module, example: Tensor, arch: str) -> str:
             parent._modules[child] = module
             if hasattr(module, "stride") and not isinstance(module, nn.AvgPool2d):
                 module.stride = (2, 2)  # type: ignore[assignment]
-        body.load_state_dict(saved)
         return (
             f"last_stride=1 does not apply to {arch}: with stride 1 the final feature map is "
             f"not the {larger[0]}x{larger[1]} map before the last downsampling; the model keeps "
